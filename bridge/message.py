@@ -1,0 +1,209 @@
+"""The outbound RabbitMQ message: routing key, body, properties and a stable message_id.
+
+Pure: the clock and the delivery id come in through ``Delivery``. The spool stores messages
+as records made here, so a re-publish after a restart is byte-for-byte the first publish.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from bridge.payload import Event, Payload, Rejection
+
+APP_ID = "servio-bridge"
+JSON = "application/json"
+RAW = "application/octet-stream"
+PERSISTENT = 2
+PLACEHOLDERS = frozenset({"entity", "action", "source"})
+DEFAULT_SOURCE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One accepted webhook request: who sent it (``source``), its id, and when it arrived."""
+
+    delivery_id: str
+    source: str
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A message ready to publish. ``exchange`` "" is the default exchange (dead letters).
+
+    ``order_key`` groups messages whose relative order must survive retries.
+    """
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str
+    timestamp: int
+    order_key: str
+    content_type: str = JSON
+    headers: Mapping[str, str] = field(default_factory=dict)
+    app_id: str = APP_ID
+    delivery_mode: int = PERSISTENT
+
+
+def check_template(template: str) -> None:
+    """Accept a routing-key template with only known, plain placeholders.
+
+    Raises:
+        ValueError: an unknown placeholder, a format spec, or a broken brace.
+    """
+    if not template:
+        raise ValueError("must not be empty")
+    for _, name, spec, conv in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if name not in PLACEHOLDERS:
+            known = ", ".join("{" + p + "}" for p in sorted(PLACEHOLDERS))
+            raise ValueError(f"unknown placeholder {{{name}}} (known: {known})")
+        if spec or conv:
+            raise ValueError(f"placeholder {{{name}}} takes no format spec or conversion")
+
+
+def render_routing_key(template: str, *, entity: str, action: str, source: str) -> str:
+    """The routing key for one event, lower-case."""
+    return template.format(entity=entity, action=action, source=source).lower()
+
+
+def message_id(delivery_id: str, event: Event) -> str:
+    """Unique per (delivery, entity, action, ID) and the same on every re-publish."""
+    return f"{delivery_id}.{event.action}.{event.entity}.{event.id}"
+
+
+def build_messages(payload: Payload, delivery: Delivery, *, exchange: str, template: str) -> list[Outbound]:
+    """Every message one webhook produces: its events in order, then its dead letters."""
+    messages = [
+        build_event(event, delivery, exchange=exchange, template=template) for event in payload.events
+    ]
+    messages.extend(build_rejections(payload.rejections, delivery, exchange=exchange))
+    return messages
+
+
+def build_event(event: Event, delivery: Delivery, *, exchange: str, template: str) -> Outbound:
+    """The message for one event."""
+    body = orjson.dumps(
+        {
+            "entity": event.entity,
+            "action": event.action,
+            "id": event.id,
+            "source": delivery.source,
+            "delivery_id": delivery.delivery_id,
+            "received_at": delivery.received_at.isoformat(timespec="microseconds"),
+        }
+    )
+    return Outbound(
+        exchange=exchange,
+        routing_key=render_routing_key(
+            template, entity=event.entity, action=event.action, source=delivery.source
+        ),
+        body=body,
+        message_id=message_id(delivery.delivery_id, event),
+        timestamp=int(delivery.received_at.timestamp()),
+        order_key=f"{event.entity}:{event.id}",
+    )
+
+
+def invalid_queue(exchange: str) -> str:
+    """The dead-letter queue for an exchange."""
+    return f"{exchange}.invalid"
+
+
+def build_rejections(rejections: Iterable[Rejection], delivery: Delivery, *, exchange: str) -> list[Outbound]:
+    """One dead letter per rejected part, its body a JSON account of the part."""
+    letters = []
+    for index, rejection in enumerate(rejections):
+        path = orjson.dumps(list(rejection.path)).decode()
+        body = orjson.dumps(
+            {
+                "reason": rejection.reason,
+                "path": list(rejection.path),
+                "value": rejection.value,
+                "source": delivery.source,
+                "delivery_id": delivery.delivery_id,
+                "received_at": delivery.received_at.isoformat(timespec="microseconds"),
+            }
+        )
+        letters.append(_dead_letter(delivery, exchange, body, JSON, rejection.reason, index, path=path))
+    return letters
+
+
+def build_invalid_body(
+    raw: bytes, delivery: Delivery, *, exchange: str, reason: str, detail: str
+) -> Outbound:
+    """The dead letter for a body refused whole: the raw bytes as received."""
+    return _dead_letter(delivery, exchange, raw, RAW, reason, 0, detail=detail)
+
+
+def _dead_letter(
+    delivery: Delivery,
+    exchange: str,
+    body: bytes,
+    content_type: str,
+    reason: str,
+    index: int,
+    **extra: str,
+) -> Outbound:
+    headers = {
+        "reason": reason,
+        "source": delivery.source,
+        "delivery_id": delivery.delivery_id,
+        "received_at": delivery.received_at.isoformat(timespec="microseconds"),
+        **extra,
+    }
+    return Outbound(
+        exchange="",
+        routing_key=invalid_queue(exchange),
+        body=body,
+        message_id=f"{delivery.delivery_id}.invalid.{index}",
+        timestamp=int(delivery.received_at.timestamp()),
+        # Dead letters carry no order between themselves; a unique key lets them pipeline.
+        order_key=f"{delivery.delivery_id}.invalid.{index}",
+        content_type=content_type,
+        headers=headers,
+    )
+
+
+def encode_record(message: Outbound) -> bytes:
+    """The message as bytes for the spool."""
+    return orjson.dumps(
+        [
+            message.exchange,
+            message.routing_key,
+            message.message_id,
+            message.timestamp,
+            message.order_key,
+            message.content_type,
+            dict(message.headers),
+            message.body.decode("latin-1"),
+        ]
+    )
+
+
+def decode_record(record: bytes) -> Outbound:
+    """A message back from the spool.
+
+    Raises:
+        ValueError: the record is not one that ``encode_record`` wrote.
+    """
+    fields: Any = orjson.loads(record)
+    exchange, routing_key, mid, timestamp, order_key, content_type, headers, body = fields
+    return Outbound(
+        exchange=exchange,
+        routing_key=routing_key,
+        body=body.encode("latin-1"),
+        message_id=mid,
+        timestamp=timestamp,
+        order_key=order_key,
+        content_type=content_type,
+        headers=headers,
+    )

@@ -1,0 +1,161 @@
+"""The Servio webhook body and the rules that split it into events.
+
+Pure: no I/O, no clock, no logging. ``parse_payload`` takes the raw bytes Servio sent and
+returns every (action, entity, ID) event in publishing order plus every part it rejected.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bridge.errors import InvalidBody
+
+KNOWN_ACTIONS = ("add", "update", "delete")
+KNOWN_ENTITIES = ("clients", "guests", "companies", "rooms")
+MAX_ID = 2**63 - 1
+# Names become words of a routing key and of a message_id: keep them to one safe word.
+_NAME = re.compile(r"[a-z0-9_]{1,64}")
+_DIGITS = re.compile(r"[0-9]{1,32}")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened in Servio: an ``action`` on the ``entity`` with this ``id``."""
+
+    action: str
+    entity: str
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A malformed part of an otherwise valid body, kept as a dead letter.
+
+    ``path`` locates the part in the body as Servio sent it (keys as written, list indexes).
+    """
+
+    reason: str
+    path: tuple[str | int, ...]
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """What one webhook body says: the events in publishing order and the rejected parts."""
+
+    events: tuple[Event, ...]
+    rejections: tuple[Rejection, ...]
+
+    @property
+    def unknown_names(self) -> tuple[str, ...]:
+        """Action and entity names Servio did not document, as forwarded (for metrics)."""
+        seen: dict[str, None] = {}
+        for event in self.events:
+            if event.action not in KNOWN_ACTIONS:
+                seen[f"action:{event.action}"] = None
+            if event.entity not in KNOWN_ENTITIES:
+                seen[f"entity:{event.entity}"] = None
+        return tuple(seen)
+
+
+def decode_body(raw: bytes) -> dict[str, Any]:
+    """Decode a webhook body into its top-level JSON object.
+
+    Raises:
+        InvalidBody: the bytes are not JSON, or the JSON is not an object.
+    """
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidBody("not_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidBody("not_an_object", f"body is JSON {_json_type(doc)}, not an object")
+    return doc
+
+
+def parse_payload(raw: bytes) -> Payload:
+    """Split a Servio webhook body into events, rejecting malformed parts one by one.
+
+    Raises:
+        InvalidBody: the body as a whole is not a JSON object.
+    """
+    return split_events(decode_body(raw))
+
+
+def split_events(doc: dict[str, Any]) -> Payload:
+    """Apply Servio's parsing rules to a decoded body (see PRODUCT.md, "Parsing rules")."""
+    rejections: list[Rejection] = []
+    # action -> entity -> ids, both in order of first appearance; Add/Update/Delete lead.
+    sections: dict[str, dict[str, list[int]]] = {name: {} for name in KNOWN_ACTIONS}
+    for key, value in doc.items():
+        action = normalize_name(key)
+        if action is None:
+            rejections.append(Rejection("bad_action_name", (key,), value))
+            continue
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            rejections.append(Rejection("section_not_object", (key,), value))
+            continue
+        entities = sections.setdefault(action, {})
+        for entity_key, ids in value.items():
+            entity = normalize_name(entity_key)
+            if entity is None:
+                rejections.append(Rejection("bad_entity_name", (key, entity_key), ids))
+                continue
+            if ids is None:
+                continue
+            if not isinstance(ids, list):
+                rejections.append(Rejection("ids_not_list", (key, entity_key), ids))
+                continue
+            bucket = entities.setdefault(entity, [])
+            for index, item in enumerate(ids):
+                parsed = parse_id(item)
+                if parsed is None:
+                    rejections.append(Rejection("bad_id", (key, entity_key, index), item))
+                else:
+                    bucket.append(parsed)
+    events: list[Event] = []
+    seen: set[Event] = set()
+    for action, entities in sections.items():
+        for entity, ids in entities.items():
+            for id_ in ids:
+                event = Event(action, entity, id_)
+                if event not in seen:
+                    seen.add(event)
+                    events.append(event)
+    return Payload(tuple(events), tuple(rejections))
+
+
+def normalize_name(key: str) -> str | None:
+    """Servio's key as a routing-key word: trimmed, lower-cased; None if not ``[a-z0-9_]{1,64}``."""
+    name = key.strip().lower()
+    return name if _NAME.fullmatch(name) else None
+
+
+def parse_id(value: Any) -> int | None:
+    """An ID as an int, or None: non-negative int up to 2^63-1, or a string of ASCII digits."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value <= MAX_ID else None
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        number = int(value)
+        return number if number <= MAX_ID else None
+    return None
+
+
+def _json_type(doc: Any) -> str:
+    if isinstance(doc, list):
+        return "array"
+    if isinstance(doc, str):
+        return "string"
+    if doc is None:
+        return "null"
+    if isinstance(doc, bool):
+        return "boolean"
+    return "number"

@@ -1,0 +1,308 @@
+"""Publishing to RabbitMQ with publisher confirms, retried until confirmed.
+
+The only module that touches aio-pika, and the only one that uses tenacity. Its callers see
+``BrokerError`` subclasses and nothing of aio-pika's own exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import aio_pika
+import aiormq
+import structlog
+import tenacity
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from yarl import URL
+
+from bridge.errors import BrokerError, BrokerUnavailable, ConfirmTimeout, MessageNacked, MessageReturned
+from bridge.message import Outbound
+from bridge.topology import Topology
+
+log = structlog.get_logger("bridge.publisher")
+
+# OSError covers ConnectionError and TimeoutError; aiormq raises RuntimeError on a closed channel.
+_AMQP_ERRORS = (aiormq.exceptions.AMQPError, OSError, RuntimeError)
+
+
+class Publisher(Protocol):
+    """Where messages go; ``publish`` returns only once every message is confirmed."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def publish(self, messages: Sequence[Outbound], *, deadline: float | None = None) -> None:
+        """Publish all ``messages``, retrying until confirmed.
+
+        Raises:
+            BrokerError: ``deadline`` (a ``time.monotonic()`` value) passed first.
+        """
+        ...
+
+
+class AmqpPublisher:
+    """One connection, one confirming channel, the topology declared on every (re)connect.
+
+    Within one ``publish`` call at most ``window`` messages are unconfirmed at once, and never
+    two with the same ``order_key``: a retry can then not overtake an earlier message of the
+    same guest, and no message_id is ever pending twice on a channel.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        topology: Topology,
+        *,
+        name: str = "servio-bridge",
+        window: int = 256,
+        confirm_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        heartbeat: int = 5,
+        on_retry: Callable[[], None] | None = None,
+    ) -> None:
+        self._urls = [_with_heartbeat(url, heartbeat) for url in urls]
+        self._topology = topology
+        self._name = name
+        self._window = window
+        self._confirm_timeout = confirm_timeout
+        self._connect_timeout = connect_timeout
+        self._on_retry = on_retry
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._lock = asyncio.Lock()
+        self._next_url = 0
+        self._down_logged = False
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        return self._channel is not None and not self._channel.is_closed and not self._connection_closed()
+
+    async def connect(self) -> None:
+        """Open the connection now (start-up); failure is logged, publish will try again."""
+        with contextlib.suppress(BrokerUnavailable):
+            await self._ensure_channel()
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._drop_connection()
+
+    async def publish(self, messages: Sequence[Outbound], *, deadline: float | None = None) -> None:
+        remaining = list(messages)
+        stop: tenacity.stop.stop_base = tenacity.stop_never
+        if deadline is not None:
+            stop = tenacity.stop_after_delay(max(0.0, deadline - time.monotonic()))
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(BrokerError),
+            wait=tenacity.wait_random_exponential(multiplier=0.05, max=5.0),
+            stop=stop,
+            reraise=True,
+            before_sleep=self._before_sleep,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if self._closed:
+                    raise BrokerUnavailable("publisher is closed")
+                remaining, error = await self._publish_once(remaining, deadline)
+                if error is not None:
+                    raise error
+
+    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+        if self._on_retry is not None:
+            self._on_retry()
+        exc = state.outcome.exception() if state.outcome else None
+        log.debug("publish_retry", attempt=state.attempt_number, error=str(exc))
+
+    async def _publish_once(
+        self, messages: list[Outbound], deadline: float | None
+    ) -> tuple[list[Outbound], BrokerError | None]:
+        """Publish ``messages``; return the unconfirmed ones and the first failure, if any."""
+        channel = await self._ensure_channel()
+        timeout = self._confirm_timeout
+        if deadline is not None:
+            timeout = max(0.05, min(timeout, deadline - time.monotonic()))
+        confirmed = [False] * len(messages)
+        failures: list[BaseException] = []
+        window = asyncio.Semaphore(self._window)
+        pending: dict[str, asyncio.Task[None]] = {}
+        tasks: list[asyncio.Task[None]] = []
+
+        async def one(index: int, message: Outbound) -> None:
+            try:
+                await self._publish_one(channel, message, timeout)
+                confirmed[index] = True
+            except BaseException as exc:  # noqa: BLE001 - every failure must end this attempt
+                failures.append(exc)
+            finally:
+                window.release()
+
+        for index, message in enumerate(messages):
+            earlier = pending.get(message.order_key)
+            if earlier is not None:
+                await asyncio.wait([earlier])
+            if failures:
+                break
+            await window.acquire()
+            if failures:
+                window.release()
+                break
+            task = asyncio.create_task(one(index, message))
+            pending[message.order_key] = task
+            tasks.append(task)
+        if tasks:
+            await asyncio.wait(tasks)
+        if not failures:
+            return [], None
+        left = [m for m, ok in zip(messages, confirmed, strict=True) if not ok]
+        err = _translate(failures[0])
+        if not isinstance(err, MessageNacked | MessageReturned):
+            # The channel may still hold unconfirmed publishes: a fresh one avoids a second
+            # pending publish of the same message_id (aio-pika issue 689).
+            await self._drop_channel()
+        return left, err
+
+    async def _publish_one(self, channel: AbstractChannel, message: Outbound, within: float) -> None:
+        exchange = self._exchanges.get(message.exchange)
+        if exchange is None:
+            exchange = (
+                await channel.get_exchange(message.exchange, ensure=False)
+                if message.exchange
+                else channel.default_exchange
+            )
+            self._exchanges[message.exchange] = exchange
+        result = await exchange.publish(
+            aio_pika.Message(
+                message.body,
+                delivery_mode=aio_pika.DeliveryMode(message.delivery_mode),
+                content_type=message.content_type,
+                app_id=message.app_id,
+                message_id=message.message_id,
+                timestamp=datetime.fromtimestamp(message.timestamp, UTC),
+                headers=dict(message.headers) or None,
+            ),
+            message.routing_key,
+            mandatory=True,
+            timeout=within,
+        )
+        # With confirms on and on_return_raises off, a basic.return comes back as the result.
+        if isinstance(result, aiormq.abc.DeliveredMessage):
+            raise MessageReturned(f"unroutable: {message.exchange!r} {message.routing_key!r}")
+
+    async def _ensure_channel(self) -> AbstractChannel:
+        if self.connected:
+            assert self._channel is not None
+            return self._channel
+        async with self._lock:
+            if self.connected:
+                assert self._channel is not None
+                return self._channel
+            if self._closed:
+                raise BrokerUnavailable("publisher is closed")
+            if self._connection_closed():
+                await self._connect()
+            assert self._connection is not None
+            try:
+                channel = await self._connection.channel(publisher_confirms=True, on_return_raises=False)
+            except _AMQP_ERRORS as exc:
+                await self._drop_connection()
+                raise BrokerUnavailable(f"cannot open a channel: {exc!r}") from None
+            self._channel = channel
+            self._exchanges = {}
+            return channel
+
+    async def _connect(self) -> None:
+        errors = []
+        for _ in range(len(self._urls)):
+            url = self._urls[self._next_url]
+            try:
+                connection = await aio_pika.connect(
+                    url,
+                    timeout=self._connect_timeout,
+                    client_properties={"connection_name": self._name},
+                )
+            except _AMQP_ERRORS as exc:
+                errors.append(f"{_redacted(url)}: {exc!r}")
+                self._next_url = (self._next_url + 1) % len(self._urls)
+                continue
+            try:
+                await self._declare(connection)
+            except _AMQP_ERRORS as exc:
+                await connection.close()
+                errors.append(f"{_redacted(url)}: declaring topology failed: {exc!r}")
+                self._next_url = (self._next_url + 1) % len(self._urls)
+                continue
+            self._connection = connection
+            connection.close_callbacks.add(self._on_connection_closed)
+            self._down_logged = False
+            log.info("broker_connected", url=_redacted(url), name=self._name)
+            return
+        if not self._down_logged:
+            log.warning("broker_unreachable", errors=errors, name=self._name)
+            self._down_logged = True
+        raise BrokerUnavailable("; ".join(errors))
+
+    async def _declare(self, connection: AbstractConnection) -> None:
+        channel = await connection.channel(publisher_confirms=False)
+        try:
+            for ex in self._topology.exchanges:
+                await channel.declare_exchange(
+                    ex.name,
+                    aio_pika.ExchangeType(ex.type),
+                    durable=True,
+                    arguments=dict(ex.arguments) or None,
+                )
+            for q in self._topology.queues:
+                queue = await channel.declare_queue(q.name, durable=True, arguments=dict(q.arguments))
+                for exchange, key in q.bindings:
+                    await queue.bind(exchange, key)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
+        if not self._closed:
+            log.warning("broker_disconnected", error=repr(exc), name=self._name)
+
+    def _connection_closed(self) -> bool:
+        return self._connection is None or self._connection.is_closed
+
+    async def _drop_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*_AMQP_ERRORS):
+                await asyncio.wait_for(channel.close(), 2)
+
+    async def _drop_connection(self) -> None:
+        await self._drop_channel()
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(*_AMQP_ERRORS):
+                await asyncio.wait_for(connection.close(), 2)
+
+
+def _translate(exc: BaseException) -> BrokerError:
+    if isinstance(exc, BrokerError):
+        return exc
+    if isinstance(exc, aiormq.exceptions.DeliveryError):
+        return MessageNacked(f"broker refused the message: {exc!r}")
+    if isinstance(exc, asyncio.TimeoutError):
+        return ConfirmTimeout("no confirm in time")
+    return BrokerUnavailable(f"publish failed: {exc!r}")
+
+
+def _with_heartbeat(url: str, heartbeat: int) -> str:
+    parsed = URL(url)
+    if "heartbeat" in parsed.query:
+        return url
+    return str(parsed.update_query(heartbeat=heartbeat))
+
+
+def _redacted(url: str) -> str:
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else str(parsed.with_query(None))

@@ -1,0 +1,182 @@
+"""Settings: one frozen object built from a mapping of BRIDGE_ variables.
+
+Only the CLI passes the real environment; everything else receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from bridge.errors import ConfigError
+from bridge.message import check_template
+
+T = TypeVar("T")
+_EXCHANGE = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of the bridge, with defaults that work against a local RabbitMQ."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a daemon behind Servio's URL listens on all interfaces
+    port: int = 8080
+    amqp_urls: tuple[str, ...] = ("amqp://guest:guest@localhost:5672/",)
+    exchange: str = "servio"
+    routing_key: str = "servio.{entity}.{action}"
+    spool_dir: Path | None = Path("./spool")
+    spool_max_bytes: int = 1 << 30
+    max_body: int = 1 << 20
+    shutdown_timeout: float = 10.0
+    publish_timeout: float = 10.0
+    declare_queues: bool = True
+    log_format: str = "json"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from BRIDGE_ variables; unset or empty means the default.
+
+        Raises:
+            ConfigError: a value is malformed; it names the variable.
+        """
+        d = cls()
+
+        def get(name: str, parse: Callable[[str], T], default: T) -> T:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                return parse(raw.strip())
+            except ValueError as exc:
+                raise ConfigError(name, f"{exc} (got {_shown(name, raw)!r})") from None
+
+        spool = env.get("BRIDGE_SPOOL_DIR")
+        return cls(
+            host=get("BRIDGE_HOST", str, d.host),
+            port=get("BRIDGE_PORT", _port, d.port),
+            amqp_urls=get("BRIDGE_AMQP_URL", _amqp_urls, d.amqp_urls),
+            exchange=get("BRIDGE_EXCHANGE", _exchange, d.exchange),
+            routing_key=get("BRIDGE_ROUTING_KEY", _template, d.routing_key),
+            # Set but empty means "no spool": publish before answering (PRODUCT.md's 503 case).
+            spool_dir=d.spool_dir if spool is None else (Path(spool) if spool.strip() else None),
+            spool_max_bytes=get("BRIDGE_SPOOL_MAX_BYTES", _positive_int, d.spool_max_bytes),
+            max_body=get("BRIDGE_MAX_BODY", _positive_int, d.max_body),
+            shutdown_timeout=get("BRIDGE_SHUTDOWN_TIMEOUT", _seconds, d.shutdown_timeout),
+            publish_timeout=get("BRIDGE_PUBLISH_TIMEOUT", _seconds, d.publish_timeout),
+            declare_queues=get("BRIDGE_DECLARE_QUEUES", _bool, d.declare_queues),
+            log_format=get("BRIDGE_LOG_FORMAT", _log_format, d.log_format),
+        )
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.public().items())
+        return f"Settings({shown})"
+
+    def public(self) -> dict[str, object]:
+        """The settings as plain values, secrets redacted, for logs and ``check``."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "amqp_urls":
+                value = list(redact_url_list(value))
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+def redact_url_list(urls: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(redact_url(url) for url in urls)
+
+
+def _shown(name: str, raw: str) -> str:
+    return ",".join(redact_url(u) for u in raw.split(",")) if name == "BRIDGE_AMQP_URL" else raw
+
+
+def _port(raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError("must be a port number 0-65535") from None
+    if not 0 <= port <= 65535:
+        raise ValueError("must be a port number 0-65535")
+    return port
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a finite number of seconds >= 0")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _log_format(raw: str) -> str:
+    if raw.lower() not in ("json", "console"):
+        raise ValueError("must be json or console")
+    return raw.lower()
+
+
+def _exchange(raw: str) -> str:
+    if not _EXCHANGE.fullmatch(raw):
+        raise ValueError("must be 1-200 of A-Z a-z 0-9 _ . : -")
+    if raw.startswith("amq."):
+        raise ValueError("names starting with amq. are reserved by RabbitMQ")
+    return raw
+
+
+def _template(raw: str) -> str:
+    check_template(raw)
+    return raw
+
+
+def _amqp_urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    if not urls:
+        raise ValueError("must name at least one amqp:// URL")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ValueError(f"{redact_url(url)!r} is not an amqp:// or amqps:// URL with a host")
+        try:
+            parts.port  # noqa: B018 - property access validates the port
+        except ValueError:
+            raise ValueError(f"{redact_url(url)!r} has a bad port") from None
+    return urls
