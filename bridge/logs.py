@@ -52,6 +52,9 @@ def configure_logging(fmt: str = "json", *, level: int = logging.INFO, stream: T
     # aio-pika narrates every declare at INFO; its warnings and errors still come through.
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Our own "request" line replaces aiohttp's access log, which would print query strings
+    # (and so a ?token=) verbatim.
+    logging.getLogger("aiohttp.access").disabled = True
     logging.captureWarnings(True)
 
 

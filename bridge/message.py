@@ -123,18 +123,52 @@ def build_rejections(rejections: Iterable[Rejection], delivery: Delivery, *, exc
     letters = []
     for index, rejection in enumerate(rejections):
         path = orjson.dumps(list(rejection.path)).decode()
-        body = orjson.dumps(
-            {
-                "reason": rejection.reason,
-                "path": list(rejection.path),
-                "value": rejection.value,
-                "source": delivery.source,
-                "delivery_id": delivery.delivery_id,
-                "received_at": delivery.received_at.isoformat(timespec="microseconds"),
-            }
-        )
+        record = {
+            "reason": rejection.reason,
+            "path": list(rejection.path),
+            "value": rejection.value,
+            "source": delivery.source,
+            "delivery_id": delivery.delivery_id,
+            "received_at": delivery.received_at.isoformat(timespec="microseconds"),
+        }
+        try:
+            body = orjson.dumps(record)
+        except orjson.JSONEncodeError:
+            # orjson reads 1024 levels of nesting but writes only 254: a deeper part still goes out.
+            body = _dumps_deep(record)
         letters.append(_dead_letter(delivery, exchange, body, JSON, rejection.reason, index, path=path))
     return letters
+
+
+def _dumps_deep(value: Any) -> bytes:
+    """Compact JSON like ``orjson.dumps``, for decoded JSON of any depth (no recursion)."""
+    out: list[bytes] = []
+    # Bytes on the stack are punctuation already encoded; decoded JSON never holds bytes.
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bytes):
+            out.append(item)
+        elif isinstance(item, list):
+            out.append(b"[")
+            stack.append(b"]")
+            for index in reversed(range(len(item))):
+                stack.append(item[index])
+                if index:
+                    stack.append(b",")
+        elif isinstance(item, dict):
+            out.append(b"{")
+            stack.append(b"}")
+            entries = list(item.items())
+            for index in reversed(range(len(entries))):
+                key, child = entries[index]
+                stack.append(child)
+                stack.append(orjson.dumps(key) + b":")
+                if index:
+                    stack.append(b",")
+        else:
+            out.append(orjson.dumps(item))
+    return b"".join(out)
 
 
 def build_invalid_body(
@@ -196,7 +230,17 @@ def decode_record(record: bytes) -> Outbound:
         ValueError: the record is not one that ``encode_record`` wrote.
     """
     fields: Any = orjson.loads(record)
+    # A spool file damaged in place can hold any JSON: refuse what encode_record cannot write.
+    if not isinstance(fields, list) or len(fields) != 8:
+        raise ValueError("record is not a list of 8 fields")
     exchange, routing_key, mid, timestamp, order_key, content_type, headers, body = fields
+    texts = (exchange, routing_key, mid, order_key, content_type, body)
+    if not all(isinstance(text, str) for text in texts):
+        raise ValueError("record has a non-string field")
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool):
+        raise ValueError("record timestamp is not an integer")
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ValueError("record headers are not a mapping of strings")
     return Outbound(
         exchange=exchange,
         routing_key=routing_key,

@@ -16,17 +16,26 @@ from bridge.sink import DirectSink
 from bridge.topology import build_topology
 
 log = structlog.get_logger("bridge.service")
+PUBLISHER = web.AppKey("publisher", AmqpPublisher)
 
 
 def build_service(settings: Settings) -> web.Application:
     """The app with its publisher, opened and closed by aiohttp's cleanup_ctx."""
     topology = build_topology(settings.exchange, settings.routing_key, declare_queues=settings.declare_queues)
-    publisher = AmqpPublisher(settings.amqp_urls, topology, confirm_timeout=settings.publish_timeout)
+    publisher = AmqpPublisher(
+        settings.amqp_urls,
+        topology,
+        confirm_timeout=settings.publish_timeout,
+        connect_timeout=min(5.0, settings.publish_timeout),
+    )
     app = build_app(settings, DirectSink(publisher, timeout=settings.publish_timeout))
+    app[PUBLISHER] = publisher
 
     async def broker_ctx(_app: web.Application) -> AsyncIterator[None]:
-        await publisher.connect()
+        # Listen at once even when the broker is slow to answer; requests wait for it.
+        connecting = asyncio.create_task(publisher.connect())
         yield
+        connecting.cancel()
         await publisher.close()
 
     app.cleanup_ctx.append(broker_ctx)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
 from bridge.message import check_template
@@ -92,13 +92,21 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with its password replaced by ``***``.
+
+    Reads the text up to the last ``@`` rather than ``urlsplit``'s netloc: a password with an
+    unescaped ``/``, ``?`` or ``#``, or a URL with no scheme, would otherwise be shown whole.
+    """
+    head, at, rest = url.rpartition("@")
+    if not at:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    scheme, sep, userinfo = head.partition("://")
+    if not sep:
+        scheme, userinfo = "", head
+    user, colon, _password = userinfo.partition(":")
+    if not colon:
+        return url
+    return f"{scheme}{sep}{user}:***@{rest}"
 
 
 def redact_url_list(urls: tuple[str, ...]) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ spool); otherwise it raises ``Unavailable`` and the webhook is answered 503.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Protocol
@@ -44,7 +45,13 @@ class DirectSink:
 
     async def accept(self, messages: Sequence[Outbound]) -> None:
         try:
-            await self._publisher.publish(messages, deadline=time.monotonic() + self._timeout)
+            # The deadline paces retries; the timeout also bounds a connect that hangs.
+            async with asyncio.timeout(self._timeout):
+                await self._publisher.publish(messages, deadline=time.monotonic() + self._timeout)
+        except TimeoutError:
+            raise Unavailable(
+                "broker_unavailable", "RabbitMQ did not confirm the messages in time", self._retry_after
+            ) from None
         except BrokerError as exc:
             raise Unavailable(
                 "broker_unavailable", f"RabbitMQ did not confirm the messages: {exc}", self._retry_after

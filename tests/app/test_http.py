@@ -1,0 +1,156 @@
+"""The HTTP API with a fake publisher: status codes, JSON answers, what reaches the publisher."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bridge.app import build_app
+from bridge.logs import configure_logging
+from bridge.settings import Settings
+from bridge.sink import DirectSink
+from tests.fakes import FakePublisher
+
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+def publisher() -> FakePublisher:
+    return FakePublisher()
+
+
+@pytest.fixture
+async def client(publisher: FakePublisher) -> AsyncIterator[Client]:
+    settings = Settings(exchange="servio", spool_dir=None, max_body=4096)
+    app = build_app(settings, DirectSink(publisher, timeout=1.0))
+    async with TestClient(TestServer(app)) as test_client:
+        yield test_client
+
+
+class TestWebhook:
+    async def test_accepted_answer_counts_messages(self, client: Client, publisher: FakePublisher) -> None:
+        """200 names the delivery and counts published and rejected parts."""
+        response = await client.post("/webhooks/servio/Hotel-1.a_b", data=b'{"Add":{"Guests":[1,2,true]}}')
+        body = await response.json()
+        assert response.status == 200
+        assert body["status"] == "accepted"
+        assert (body["messages"], body["rejected"]) == (2, 1)
+        assert len(body["delivery_id"]) == 32
+        assert [m.routing_key for m in publisher.published] == [
+            "servio.guests.add",
+            "servio.guests.add",
+            "servio.invalid",
+        ]
+        assert json.loads(publisher.published[0].body)["source"] == "Hotel-1.a_b"
+
+    async def test_source_defaults_when_url_has_none(self, client: Client, publisher: FakePublisher) -> None:
+        """POST /webhooks/servio labels its messages with the source "default"."""
+        response = await client.post("/webhooks/servio", data=b'{"Delete":{"Rooms":["160"]}}')
+        assert response.status == 200
+        assert json.loads(publisher.published[0].body)["source"] == "default"
+        assert json.loads(publisher.published[0].body)["id"] == 160
+
+    async def test_content_type_is_ignored(self, client: Client, publisher: FakePublisher) -> None:
+        """The body is parsed as JSON whatever the Content-Type says."""
+        response = await client.post(
+            "/webhooks/servio", data=b'{"Add":{"Guests":[9]}}', headers={"Content-Type": "text/plain"}
+        )
+        assert response.status == 200
+        assert len(publisher.published) == 1
+
+    async def test_empty_object_is_accepted_with_nothing_to_publish(
+        self, client: Client, publisher: FakePublisher
+    ) -> None:
+        """A body with only null sections is a valid webhook that says nothing."""
+        response = await client.post("/webhooks/servio", data=b'{"Add":null,"Update":null,"Delete":null}')
+        assert response.status == 200
+        assert (await response.json())["messages"] == 0
+        assert publisher.published == []
+
+    @pytest.mark.parametrize(
+        ("body", "error"),
+        [(b"[1,2]", "not_an_object"), (b'"x"', "not_an_object"), (b"{", "not_json"), (b"", "not_json")],
+        ids=["array", "string", "cut-short", "empty"],
+    )
+    async def test_not_an_object_is_400_and_kept_raw(
+        self, client: Client, publisher: FakePublisher, body: bytes, error: str
+    ) -> None:
+        """A body that is not a JSON object: 400 with a JSON error, raw bytes kept as a dead letter."""
+        response = await client.post("/webhooks/servio/Jam_1", data=body)
+        answer = await response.json()
+        assert response.status == 400
+        assert answer["error"] == error
+        (letter,) = publisher.published
+        assert letter.body == body
+        assert letter.routing_key == "servio.invalid"
+        assert letter.exchange == ""
+        assert letter.headers["reason"] == error
+        assert letter.headers["delivery_id"] == answer["delivery_id"]
+
+    async def test_broker_down_is_503_with_retry_after(
+        self, client: Client, publisher: FakePublisher
+    ) -> None:
+        """When the messages cannot be confirmed the answer is 503 with Retry-After, never 200."""
+        publisher.break_down()
+        response = await client.post("/webhooks/servio", data=b'{"Add":{"Guests":[1]}}')
+        assert response.status == 503
+        assert response.headers["Retry-After"].isdigit()
+        assert (await response.json())["error"] == "broker_unavailable"
+
+
+class TestHttpErrors:
+    @pytest.mark.parametrize(
+        "path",
+        ["/webhooks/servio/bad label", "/webhooks/servio/" + "x" * 65, "/webhooks/servio/a/b", "/nothing"],
+        ids=["space", "too-long", "two-levels", "unknown-path"],
+    )
+    async def test_unknown_path_is_json_404(self, client: Client, path: str) -> None:
+        """Paths outside the API, and source labels outside [A-Za-z0-9_.-]{1,64}, are 404 in JSON."""
+        response = await client.post(path, data=b"{}")
+        assert response.status == 404
+        assert (await response.json())["error"] == "not_found"
+
+    async def test_wrong_method_is_json_405(self, client: Client) -> None:
+        """GET on the webhook URL is 405 in JSON, with Allow."""
+        response = await client.get("/webhooks/servio")
+        assert response.status == 405
+        assert response.headers["Allow"] == "POST"
+        assert (await response.json())["error"] == "method_not_allowed"
+
+    async def test_body_over_max_is_json_413(self, client: Client, publisher: FakePublisher) -> None:
+        """A body over BRIDGE_MAX_BODY is 413 in JSON and nothing is published."""
+        response = await client.post("/webhooks/servio", data=b"{" + b" " * 5000 + b"}")
+        assert response.status == 413
+        assert (await response.json())["status"] == "error"
+        assert publisher.published == []
+
+    async def test_healthz(self, client: Client) -> None:
+        """/healthz answers 200 while the process lives."""
+        response = await client.get("/healthz")
+        assert response.status == 200
+        assert await response.json() == {"status": "ok"}
+
+
+class TestRequestLog:
+    async def test_one_json_line_per_request_with_delivery_id(self, publisher: FakePublisher) -> None:
+        """Each request writes exactly one line, with its delivery_id, status and counts."""
+        stream = io.StringIO()
+        configure_logging("json", stream=stream)
+        settings = Settings(exchange="servio", spool_dir=None)
+        app = build_app(settings, DirectSink(publisher, timeout=1.0))
+        async with TestClient(TestServer(app)) as client:
+            first = await (await client.post("/webhooks/servio/a", data=b'{"Add":{"Guests":[1]}}')).json()
+            second = await (await client.post("/webhooks/servio/b?token=hidden", data=b"[]")).json()
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        requests = [line for line in lines if line["event"] == "request"]
+        assert [(r["delivery_id"], r["status"], r["source"]) for r in requests] == [
+            (first["delivery_id"], 200, "a"),
+            (second["delivery_id"], 400, "b"),
+        ]
+        assert requests[0]["messages"] == 1
+        assert "hidden" not in stream.getvalue()
