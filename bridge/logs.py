@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any, TextIO
 
 import orjson
@@ -56,6 +57,14 @@ def configure_logging(fmt: str = "json", *, level: int = logging.INFO, stream: T
     # (and so a ?token=) verbatim.
     logging.getLogger("aiohttp.access").disabled = True
     logging.captureWarnings(True)
+    # Crashes outside any logger (a thread, the main thread) still come out as one JSON line.
+    crash_log = logging.getLogger("bridge.crash")
+    sys.excepthook = lambda kind, exc, tb: crash_log.critical("uncaught_exception", exc_info=(kind, exc, tb))
+    threading.excepthook = lambda args: crash_log.critical(
+        "uncaught_exception",
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+        extra={"thread": args.thread.name if args.thread else None},
+    )
 
 
 def _dumps(obj: Any, **_: Any) -> str:

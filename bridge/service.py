@@ -1,45 +1,120 @@
-"""Wiring and lifecycle: settings in, a running listener and publisher out, until shutdown."""
+"""Wiring and lifecycle: settings in, a running listener, spool, drain and publisher out."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
 
 from bridge.app import build_app
+from bridge.drain import Drain
+from bridge.errors import SpoolError
 from bridge.publisher import AmqpPublisher
 from bridge.settings import Settings
-from bridge.sink import DirectSink
+from bridge.sink import DirectSink, Sink, SpoolSink
+from bridge.spool import Spool
 from bridge.topology import build_topology
 
 log = structlog.get_logger("bridge.service")
-PUBLISHER = web.AppKey("publisher", AmqpPublisher)
+
+
+@dataclass
+class Runtime:
+    """The parts of a running bridge that tests and operations endpoints look at."""
+
+    publisher: AmqpPublisher
+    spool: Spool | None = None
+    drain: Drain | None = None
+    fatal: SpoolError | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def fail(self, error: SpoolError) -> None:
+        """The spool failed: stop the process rather than answer 200 on a spool we cannot trust."""
+        if self.fatal is None:
+            self.fatal = error
+            log.critical("stopping_on_spool_failure", error=str(error))
+            self.stop.set()
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
 
 
 def build_service(settings: Settings) -> web.Application:
-    """The app with its publisher, opened and closed by aiohttp's cleanup_ctx."""
+    """The app with its publisher (and spool and drain), opened and closed by cleanup_ctx."""
     topology = build_topology(settings.exchange, settings.routing_key, declare_queues=settings.declare_queues)
+    spooled = settings.spool_dir is not None
     publisher = AmqpPublisher(
         settings.amqp_urls,
         topology,
+        name="servio-bridge drain" if spooled else "servio-bridge",
         confirm_timeout=settings.publish_timeout,
         connect_timeout=min(5.0, settings.publish_timeout),
     )
-    app = build_app(settings, DirectSink(publisher, timeout=settings.publish_timeout))
-    app[PUBLISHER] = publisher
+    runtime = Runtime(publisher)
+    sink: Sink
+    if settings.spool_dir is not None:
+        runtime.spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes)
+        runtime.drain = Drain(runtime.spool, publisher)
+        sink = SpoolSink(runtime.spool, on_fatal=runtime.fail)
+    else:
+        sink = DirectSink(publisher, timeout=settings.publish_timeout)
+    app = build_app(settings, sink)
+    app[RUNTIME] = runtime
+
+    async def spool_ctx(_app: web.Application) -> AsyncIterator[None]:
+        assert runtime.spool is not None
+        runtime.spool.open()
+        yield
+        runtime.spool.close()
 
     async def broker_ctx(_app: web.Application) -> AsyncIterator[None]:
-        # Listen at once even when the broker is slow to answer; requests wait for it.
+        # Listen at once even when the broker is slow to answer; publishing waits for it.
         connecting = asyncio.create_task(publisher.connect())
         yield
         connecting.cancel()
         await publisher.close()
 
+    async def drain_ctx(_app: web.Application) -> AsyncIterator[None]:
+        assert runtime.drain is not None
+        drain = runtime.drain
+        task = asyncio.create_task(drain.run())
+        task.add_done_callback(runtime_failed_on(runtime))
+        yield
+        if not task.done() and runtime.fatal is None:
+            emptied = await drain.wait_empty(settings.shutdown_timeout)
+            assert runtime.spool is not None
+            log.info("drain_stopped", emptied=emptied, left=runtime.spool.stats.entries)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    if spooled:
+        app.cleanup_ctx.append(spool_ctx)
     app.cleanup_ctx.append(broker_ctx)
+    if spooled:
+        app.cleanup_ctx.append(drain_ctx)
     return app
+
+
+def runtime_failed_on(runtime: Runtime) -> Callable[[asyncio.Task[None]], None]:
+    """A done-callback for the drain: an error there (a corrupt entry) stops the process."""
+
+    def done(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, SpoolError):
+            runtime.fail(exc)
+        elif exc is not None:
+            log.critical("drain_crashed", error=repr(exc))
+            runtime.fail(SpoolError(f"drain crashed: {exc!r}"))
+
+    return done
 
 
 async def serve(
@@ -47,27 +122,37 @@ async def serve(
     *,
     shutdown_trigger: Awaitable[object] | None = None,
     on_listening: Callable[[list[tuple[str, int]]], None] | None = None,
-) -> None:
-    """Run until ``shutdown_trigger`` completes, or until SIGTERM/SIGINT when none is given."""
+) -> int:
+    """Run until ``shutdown_trigger`` completes (or SIGTERM/SIGINT when none); return the exit code.
+
+    Raises:
+        SpoolError: the spool cannot be opened (start-up refused).
+    """
     app = build_service(settings)
+    runtime = app[RUNTIME]
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_timeout
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    addresses = [tuple(a[:2]) for a in runner.addresses]
-    log.info("listening", addresses=[f"{h}:{p}" for h, p in addresses])
-    if on_listening is not None:
-        on_listening(addresses)
     try:
-        if shutdown_trigger is None:
-            shutdown_trigger = _signal_received()
-        await shutdown_trigger
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
+        log.info("listening", addresses=[f"{h}:{p}" for h, p in addresses])
+        if on_listening is not None:
+            on_listening(addresses)
+        trigger = asyncio.ensure_future(
+            shutdown_trigger if shutdown_trigger is not None else _signal_received()
+        )
+        stopped = asyncio.create_task(runtime.stop.wait())
+        await asyncio.wait([trigger, stopped], return_when=asyncio.FIRST_COMPLETED)
+        trigger.cancel()
+        stopped.cancel()
         log.info("shutting_down")
     finally:
         await runner.cleanup()
     log.info("stopped")
+    return runtime.fatal.exit_code if runtime.fatal is not None else 0
 
 
 def run(settings: Settings, shutdown_trigger: Awaitable[object] | None = None) -> int:
@@ -75,8 +160,11 @@ def run(settings: Settings, shutdown_trigger: Awaitable[object] | None = None) -
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(settings, shutdown_trigger=shutdown_trigger))
-    return 0
+        try:
+            return runner.run(serve(settings, shutdown_trigger=shutdown_trigger))
+        except SpoolError as exc:
+            log.critical("spool_unusable", error=str(exc))
+            return exc.exit_code
 
 
 async def _signal_received() -> None:

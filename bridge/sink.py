@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from bridge.errors import BrokerError, Unavailable
-from bridge.message import Outbound
+from bridge.errors import BrokerError, SpoolError, SpoolFull, Unavailable
+from bridge.message import Outbound, encode_record
 from bridge.publisher import Publisher
+from bridge.spool import Spool
 
 
 class Sink(Protocol):
@@ -56,3 +57,25 @@ class DirectSink:
             raise Unavailable(
                 "broker_unavailable", f"RabbitMQ did not confirm the messages: {exc}", self._retry_after
             ) from None
+
+
+class SpoolSink:
+    """Keep messages in the fsynced spool; the drain publishes them after the answer."""
+
+    def __init__(self, spool: Spool, *, on_fatal: Callable[[SpoolError], None], retry_after: int = 5) -> None:
+        self._spool = spool
+        self._on_fatal = on_fatal
+        self._retry_after = retry_after
+
+    @property
+    def ready(self) -> bool:
+        return self._spool.writable
+
+    async def accept(self, messages: Sequence[Outbound]) -> None:
+        try:
+            await self._spool.append([encode_record(m) for m in messages])
+        except SpoolFull:
+            raise
+        except SpoolError as exc:
+            self._on_fatal(exc)
+            raise Unavailable("spool_failed", "the spool cannot be written", self._retry_after) from None
