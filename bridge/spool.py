@@ -78,11 +78,19 @@ class Spool:
         self._reserved = 0
         self._failed: SpoolError | None = None
         self.appended = asyncio.Event()
+        self.commits = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def open(self) -> None:
         """Open (or create) the spool, check it, and start the writer thread."""
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock_file = open(self.directory / "spool.lock", "wb")  # noqa: SIM115 - held until close
@@ -93,9 +101,15 @@ class Spool:
         except OSError:
             raise SpoolError(f"spool {self.directory} is in use by another process") from None
         writer = self._connect(check_same_thread=False)  # handed to the writer thread
-        self._check(writer)
-        self._reader = self._connect(check_same_thread=False)
-        row = self._reader.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(record)), 0) FROM spool").fetchone()
+        try:
+            self._check(writer)
+            self._reader = self._connect(check_same_thread=False)
+            row = self._reader.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(record)), 0) FROM spool"
+            ).fetchone()
+        except BaseException:
+            writer.close()
+            raise
         self._entries, record_bytes = int(row[0]), int(row[1])
         self._bytes = record_bytes + self._entries * ENTRY_OVERHEAD
         self._loop = asyncio.get_running_loop()
@@ -119,14 +133,15 @@ class Spool:
             self._lock_file = None
 
     def _connect(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=check_same_thread)
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=check_same_thread)
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: every commit is fsynced before append() returns, so a 200 survives power loss.
             conn.execute("PRAGMA synchronous=FULL")
-            return conn
         except sqlite3.DatabaseError as exc:
+            conn.close()
             raise SpoolCorrupt(f"spool file {self.path} cannot be opened: {exc}") from None
+        return conn
 
     def _check(self, conn: sqlite3.Connection) -> None:
         try:
@@ -281,6 +296,7 @@ class Spool:
                     if job.remove:
                         conn.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in job.remove])
                 conn.execute("COMMIT")
+                self.commits += 1
             except sqlite3.Error as exc:
                 # A failed write or fsync leaves the file in a state we cannot vouch for (the
                 # lesson of PostgreSQL's fsync bug): refuse everything from now on.

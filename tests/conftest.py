@@ -86,7 +86,7 @@ async def collect(channel: AbstractChannel, queue_name: str, *, declare: bool = 
     return collected
 
 
-async def bind_all(channel: AbstractChannel, exchange_name: str) -> Collected:
+async def bind_all(channel: AbstractChannel, exchange_name: str, *, quorum: bool = False) -> Collected:
     """A queue ``<exchange>.all`` bound to ``#`` on the exchange, consumed into a list.
 
     Declares the exchange as the bridge does, so the binding exists before the bridge starts.
@@ -98,7 +98,8 @@ async def bind_all(channel: AbstractChannel, exchange_name: str) -> Collected:
         durable=True,
         arguments={"alternate-exchange": f"{exchange_name}.unrouted"},
     )
-    queue = await channel.declare_queue(f"{exchange_name}.all", durable=True)
+    arguments = {"x-queue-type": "quorum"} if quorum else None
+    queue = await channel.declare_queue(f"{exchange_name}.all", durable=True, arguments=arguments)
     await queue.bind(exchange, "#")
     collected = Collected(queue)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -57,6 +58,10 @@ class BridgeProcess:
                 break
             time.sleep(0.05)
         raise AssertionError(f"no {name!r} event; exit={self.proc.poll()} output={self.lines[-20:]}")
+
+    async def event(self, name: str, timeout: float = 20.0) -> dict[str, Any]:
+        """``wait_for_event`` for async tests: the event loop keeps running (e.g. a proxy in it)."""
+        return await asyncio.to_thread(self.wait_for_event, name, timeout)
 
     @property
     def base_url(self) -> str:
