@@ -9,7 +9,7 @@ from __future__ import annotations
 import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -50,6 +50,11 @@ class Outbound:
     headers: Mapping[str, str] = field(default_factory=dict)
     app_id: str = APP_ID
     delivery_mode: int = PERSISTENT
+
+
+def received_at_text(delivery: Delivery) -> str:
+    """The arrival time as ISO 8601 in UTC with microseconds (``…+00:00``)."""
+    return delivery.received_at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def check_template(template: str) -> None:
@@ -98,7 +103,7 @@ def build_event(event: Event, delivery: Delivery, *, exchange: str, template: st
             "id": event.id,
             "source": delivery.source,
             "delivery_id": delivery.delivery_id,
-            "received_at": delivery.received_at.isoformat(timespec="microseconds"),
+            "received_at": received_at_text(delivery),
         }
     )
     return Outbound(
@@ -129,7 +134,7 @@ def build_rejections(rejections: Iterable[Rejection], delivery: Delivery, *, exc
             "value": rejection.value,
             "source": delivery.source,
             "delivery_id": delivery.delivery_id,
-            "received_at": delivery.received_at.isoformat(timespec="microseconds"),
+            "received_at": received_at_text(delivery),
         }
         try:
             body = orjson.dumps(record)
@@ -191,7 +196,7 @@ def _dead_letter(
         "reason": reason,
         "source": delivery.source,
         "delivery_id": delivery.delivery_id,
-        "received_at": delivery.received_at.isoformat(timespec="microseconds"),
+        "received_at": received_at_text(delivery),
         **extra,
     }
     return Outbound(

@@ -51,11 +51,9 @@ def unrouted_name(exchange: str) -> str:
 
 
 def known_binding_keys(template: str) -> tuple[str, ...]:
-    """The ten documented routing keys; a {source} word binds any source (``*``)."""
-    return tuple(
-        render_routing_key(template, entity=entity, action=action, source="*")
-        for entity, action in KNOWN_KEYS
-    )
+    """The ten documented routing keys, once each; a {source} word binds any source (``*``)."""
+    keys = (render_routing_key(template, entity=e, action=a, source="*") for e, a in KNOWN_KEYS)
+    return tuple(dict.fromkeys(keys))
 
 
 def build_topology(exchange: str, template: str, *, declare_queues: bool) -> Topology:
