@@ -11,8 +11,8 @@ serve: $(VENV)/.installed
 check: $(VENV)/.installed-test lint test
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff format --check bridge tests
-	$(BIN)/ruff check bridge tests
+	$(BIN)/ruff format --check bridge tests examples
+	$(BIN)/ruff check bridge tests examples
 	$(BIN)/mypy --strict bridge
 
 test: $(VENV)/.installed-test
