@@ -272,3 +272,64 @@ class TestCorruptSpool:
         assert len(failures) == 1
         assert str(spool / "spool.sqlite3") in failures[0]["error"]
         assert (spool / "spool.sqlite3").read_bytes() == b"\x00garbage" * 4096
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs of the test's own, to make the spool's writes fail (root only)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+class TestFailedWrite:
+    async def test_disk_full_stops_the_process_and_never_answers_200_unkept(
+        self,
+        small_disk: Path,
+        start_bridge: Starter,
+        proxy: TcpProxy,
+        amqp_channel: AbstractChannel,
+        exchange_name: str,
+    ) -> None:
+        """A spool write that fails: no 200 for it, exit code 3, and every 200 before it is delivered."""
+        everything = await bind_all(amqp_channel, exchange_name)
+        await proxy.refuse()
+        spool = str(small_disk / "spool")
+        bridge = await start_bridge(BRIDGE_SPOOL_DIR=spool)
+        accepted: set[int] = set()
+        statuses: list[int] = []
+        async with aiohttp.ClientSession(bridge.base_url) as http:
+            for n in range(400):
+                ids = list(range(n * 1000, n * 1000 + 1000))
+                try:
+                    async with http.post(
+                        "/webhooks/servio/x", data=orjson.dumps({"Add": {"Guests": ids}})
+                    ) as r:
+                        statuses.append(r.status)
+                        if r.status == 200:
+                            accepted.update(ids)
+                        else:
+                            assert r.status == 503
+                            assert (await r.json())["error"] == "spool_failed"
+                except aiohttp.ClientError:
+                    break
+                if r.status != 200:
+                    break
+        assert statuses[-1] == 503, statuses
+        assert await asyncio.to_thread(bridge.wait, 30) == 3
+        assert any(e["event"] == "spool_write_failed" for e in bridge.events())
+        # Room again (an operator frees space): a restart delivers everything answered 200.
+        remount = ["mount", "-o", "remount,size=64m", str(small_disk)]
+        await asyncio.to_thread(subprocess.run, remount, check=True)
+        await proxy.accept()
+        await start_bridge(BRIDGE_SPOOL_DIR=spool)
+        await wait_delivered(everything, accepted, timeout=120)
+        lost, _ = reconcile(accepted, await everything.settle(0.5))
+        assert lost == 0
+        assert len(accepted) >= 1000

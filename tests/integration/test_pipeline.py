@@ -145,7 +145,7 @@ class TestMessages:
             assert response.status == 200
             assert (await response.json())["messages"] == 10_000
             messages = await everything.wait_for(10_000, timeout=30)
-        assert answered < 10, f"answered after {answered:.1f}s"
+        assert answered < 15, f"answered after {answered:.1f}s"
         assert [orjson.loads(m.body)["id"] for m in messages] == ids
 
 
