@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except ConfigError as exc:
         _report_bad_setting(exc, env)
         return exc.exit_code
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, secrets=(settings.token,))
     if args.command == "serve":
         from bridge.service import run
 

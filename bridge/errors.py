@@ -3,9 +3,10 @@
 BridgeError
 ├── ConfigError              a bad BRIDGE_ setting          -> exit code 2
 ├── RequestError             refused webhook                -> its HTTP ``status``
-│   ├── InvalidBody          body is not a JSON object      -> 400
+│   ├── InvalidBody          body not a JSON object, too deep -> 400
 │   ├── Unauthorized         token missing or wrong         -> 401
 │   ├── Forbidden            address not allowed            -> 403
+│   ├── RequestTimeout       body not received in time      -> 408
 │   ├── TooLarge             body or ID count over a limit  -> 413
 │   └── Unavailable          cannot keep the request safe   -> 503 + Retry-After
 │       └── SpoolFull        BRIDGE_SPOOL_MAX_BYTES reached -> 503 + Retry-After
@@ -57,6 +58,10 @@ class Unauthorized(RequestError):
 
 class Forbidden(RequestError):
     status = 403
+
+
+class RequestTimeout(RequestError):
+    status = 408
 
 
 class TooLarge(RequestError):

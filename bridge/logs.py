@@ -7,17 +7,34 @@ aiohttp's and aio-pika's lines included.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+# Credentials as a request carries them, whoever's they are: a query token and a Bearer header.
+_QUERY_TOKEN = re.compile(r"([?&;]token=)[^&;\s\"'#]*", re.IGNORECASE)
+_BEARER = re.compile(r"(bearer\s+)[^\s\"',;]+", re.IGNORECASE)
 
-def configure_logging(fmt: str = "json", *, level: int = logging.INFO, stream: TextIO | None = None) -> None:
-    """Route structlog and stdlib logging to ``stream`` (stderr) in ``fmt`` (json or console)."""
+
+def configure_logging(
+    fmt: str = "json",
+    *,
+    level: int = logging.INFO,
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
+) -> None:
+    """Route structlog and stdlib logging to ``stream`` (stderr) in ``fmt`` (json or console).
+
+    Every line passes through ``redact`` last, so no logger (aiohttp's included, tracebacks
+    included) can write one of ``secrets``, a ``?token=`` value or a Bearer credential.
+    """
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -37,7 +54,8 @@ def configure_logging(fmt: str = "json", *, level: int = logging.INFO, stream: T
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = RedactingFormatter(
+        secrets,
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -65,6 +83,26 @@ def configure_logging(fmt: str = "json", *, level: int = logging.INFO, stream: T
         exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
         extra={"thread": args.thread.name if args.thread else None},
     )
+
+
+class RedactingFormatter(structlog.stdlib.ProcessorFormatter):
+    """structlog's formatter, with ``redact`` applied to each finished line."""
+
+    def __init__(self, secrets: Iterable[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.secrets = tuple(s for s in secrets if s)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), self.secrets)
+
+
+def redact(line: str, secrets: Iterable[str] = ()) -> str:
+    """``line`` with each secret (as written or URL-encoded), query token and Bearer credential as ***."""
+    for secret in secrets:
+        forms = {secret, quote(secret, safe=""), quote(secret), _dumps(secret)[1:-1], repr(secret)[1:-1]}
+        for form in forms:
+            line = line.replace(form, "***")
+    return _BEARER.sub(r"\1***", _QUERY_TOKEN.sub(r"\1***", line))
 
 
 def _dumps(obj: Any, **_: Any) -> str:

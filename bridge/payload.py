@@ -12,11 +12,15 @@ from typing import Any
 
 import orjson
 
-from bridge.errors import InvalidBody
+from bridge.errors import InvalidBody, TooLarge
 
 KNOWN_ACTIONS = ("add", "update", "delete")
 KNOWN_ENTITIES = ("clients", "guests", "companies", "rooms")
 MAX_ID = 2**63 - 1
+# Servio's bodies are 3 deep. Rejected parts are re-encoded into dead letters, and orjson refuses
+# to encode past 254 levels, so a deeper body is refused whole (its raw bytes kept) up front.
+MAX_DEPTH = 64
+DEFAULT_MAX_IDS = 100_000
 # Names become words of a routing key and of a message_id: keep them to one safe word.
 _NAME = re.compile(r"[a-z0-9_]{1,64}")
 _DIGITS = re.compile(r"[0-9]{1,32}")
@@ -63,31 +67,72 @@ class Payload:
 
 
 def decode_body(raw: bytes) -> dict[str, Any]:
-    """Decode a webhook body into its top-level JSON object.
+    """Decode a webhook body into its top-level JSON object, at most ``MAX_DEPTH`` deep.
 
     Raises:
-        InvalidBody: the bytes are not JSON, or the JSON is not an object.
+        InvalidBody: the bytes are not JSON, the JSON is not an object, or it nests too deep.
     """
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):
+            raise InvalidBody("too_deep", f"body nests deeper than {MAX_DEPTH} levels") from None
         raise InvalidBody("not_json", f"body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InvalidBody("not_an_object", f"body is JSON {_json_type(doc)}, not an object")
+    if nesting_depth(doc) > MAX_DEPTH:
+        raise InvalidBody("too_deep", f"body nests deeper than {MAX_DEPTH} levels")
     return doc
 
 
-def parse_payload(raw: bytes) -> Payload:
+def nesting_depth(doc: Any) -> int:
+    """How many arrays and objects deep ``doc`` goes (a scalar is 0); iterative, so any depth is safe."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_payload(raw: bytes, *, max_ids: int = DEFAULT_MAX_IDS) -> Payload:
     """Split a Servio webhook body into events, rejecting malformed parts one by one.
 
     Raises:
-        InvalidBody: the body as a whole is not a JSON object.
+        InvalidBody: the body as a whole is not a JSON object, or nests too deep.
+        TooLarge: the body lists more than ``max_ids`` IDs.
     """
-    return split_events(decode_body(raw))
+    return split_events(decode_body(raw), max_ids=max_ids)
 
 
-def split_events(doc: dict[str, Any]) -> Payload:
-    """Apply Servio's parsing rules to a decoded body (see PRODUCT.md, "Parsing rules")."""
+def count_ids(doc: dict[str, Any]) -> int:
+    """How many ID slots (valid or not) the ID lists of a decoded body hold."""
+    return sum(
+        len(ids)
+        for section in doc.values()
+        if isinstance(section, dict)
+        for ids in section.values()
+        if isinstance(ids, list)
+    )
+
+
+def split_events(doc: dict[str, Any], *, max_ids: int = DEFAULT_MAX_IDS) -> Payload:
+    """Apply Servio's parsing rules to a decoded body (see PRODUCT.md, "Parsing rules").
+
+    Raises:
+        TooLarge: the body lists more than ``max_ids`` IDs; counted before any event is built.
+    """
+    if (count := count_ids(doc)) > max_ids:
+        raise TooLarge("too_many_ids", f"body lists {count} IDs, over BRIDGE_MAX_IDS ({max_ids})")
     rejections: list[Rejection] = []
     # action -> entity -> ids, both in order of first appearance; Add/Update/Delete lead.
     sections: dict[str, dict[str, list[int]]] = {name: {} for name in KNOWN_ACTIONS}

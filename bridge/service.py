@@ -7,6 +7,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -18,9 +19,12 @@ from bridge.publisher import AmqpPublisher
 from bridge.settings import Settings
 from bridge.sink import DirectSink, Sink, SpoolSink
 from bridge.spool import Spool
+from bridge.tls import build_server_context
 from bridge.topology import build_topology
 
 log = structlog.get_logger("bridge.service")
+MAX_HEADERS = 64
+LINGERING_TIME = 2.0
 
 
 @dataclass
@@ -131,11 +135,18 @@ async def serve(
     app = build_service(settings)
     runtime = app[RUNTIME]
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=settings.shutdown_timeout
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=settings.shutdown_timeout,
+        **runner_options(settings),
     )
     await runner.setup()
+    ssl_context = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        ssl_context = build_server_context(settings.tls_cert, settings.tls_key)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
         await site.start()
         addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
         log.info("listening", addresses=[f"{h}:{p}" for h, p in addresses])
@@ -153,6 +164,20 @@ async def serve(
         await runner.cleanup()
     log.info("stopped")
     return runtime.fatal.exit_code if runtime.fatal is not None else 0
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """The HTTP server's own limits, for ``web.AppRunner`` (and tests' ``TestServer``)."""
+    return {
+        # aiohttp's idle timer also runs from the connection's start until its first request is
+        # parsed: it is what cuts off a client that trickles its headers (slowloris).
+        "keepalive_timeout": settings.read_timeout,
+        "max_line_size": settings.max_header_size,
+        "max_field_size": settings.max_header_size,
+        "max_headers": MAX_HEADERS,
+        # After a refusal, unread body is drained this long so the client can read the answer.
+        "lingering_time": LINGERING_TIME,
+    }
 
 
 def run(settings: Settings, shutdown_trigger: Awaitable[object] | None = None) -> int:

@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.service import RUNTIME, build_service
@@ -34,12 +35,16 @@ def bridge(exchange_name: str) -> BridgeFactory:
         app = build_service(Settings(**values))
         async with TestClient(TestServer(app)) as client:
             if connected:
-                # Start-up connects in the background; tests that use the topology wait for it.
-                for _ in range(200):
-                    if app[RUNTIME].publisher.connected:
-                        break
-                    await asyncio.sleep(0.025)
-                assert app[RUNTIME].publisher.connected, "bridge did not connect to RabbitMQ"
+                await wait_connected(app)
             yield client
 
     return start
+
+
+async def wait_connected(app: web.Application, timeout: float = 10.0) -> None:
+    """Start-up connects in the background; tests that use the topology wait for it."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not app[RUNTIME].publisher.connected:
+        assert loop.time() < end, "bridge did not connect to RabbitMQ"
+        await asyncio.sleep(0.025)

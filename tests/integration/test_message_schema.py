@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bridge.service import build_service
 from bridge.settings import Settings
 from tests.conftest import AMQP_URL, SEED, bind_all, collect
+from tests.integration.conftest import wait_connected
 from tests.message_documents import errors, message_for_address
 
 SEED_LINE = re.compile(r"\b(Jam_\d+):\s*(\{.*)$")
@@ -64,6 +65,7 @@ async def client(exchange_name: str, amqp_channel: AbstractChannel) -> AsyncIter
     """The real app (publisher included) on a free port, publishing to the test's exchange."""
     settings = Settings(amqp_urls=(AMQP_URL,), exchange=exchange_name, spool_dir=None, declare_queues=False)
     async with TestClient(TestServer(build_service(settings))) as client:
+        await wait_connected(client.app)
         yield client
 
 
