@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.service import PUBLISHER, build_service
+from bridge.service import RUNTIME, build_service
 from bridge.settings import Settings
 from tests.conftest import AMQP_URL
 
@@ -36,10 +36,10 @@ def bridge(exchange_name: str) -> BridgeFactory:
             if connected:
                 # Start-up connects in the background; tests that use the topology wait for it.
                 for _ in range(200):
-                    if app[PUBLISHER].connected:
+                    if app[RUNTIME].publisher.connected:
                         break
                     await asyncio.sleep(0.025)
-                assert app[PUBLISHER].connected, "bridge did not connect to RabbitMQ"
+                assert app[RUNTIME].publisher.connected, "bridge did not connect to RabbitMQ"
             yield client
 
     return start
