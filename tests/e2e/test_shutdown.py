@@ -74,6 +74,8 @@ class TestSigtermDuringOutage:
         assert 2.5 < took < 3 + 3, f"exited {took:.1f}s after SIGTERM"
         stopped = next(e for e in bridge.events() if e["event"] == "drain_stopped")
         assert (stopped["emptied"], stopped["left"]) == (False, 4)
+        names = [e["event"] for e in bridge.events()]
+        assert names.count("broker_unreachable") == 1  # once per outage, not once per retry
         print(f"SIGTERM during an outage: exit 0 after {took:.2f}s (BRIDGE_SHUTDOWN_TIMEOUT=3)")
 
         again = BridgeProcess(settings(exchange_name, spool, AMQP_URL), cwd=tmp_path)

@@ -9,10 +9,11 @@ from pathlib import Path
 import aio_pika
 import orjson
 import pytest
+import structlog
 from aio_pika.abc import AbstractChannel
 
 from tests.broker import BrokerNode
-from tests.conftest import bind_all
+from tests.conftest import Collected, bind_all
 from tests.integration.conftest import BridgeFactory
 from tests.integration.test_operations import metric, status_within
 
@@ -46,6 +47,15 @@ class TestMemoryAlarm:
     ) -> None:
         """A memory alarm shows as blocked in /readyz and metrics; what was accepted meanwhile all arrives."""
         everything = await bind_all(node_channel, exchange_name)
+        with structlog.testing.capture_logs() as logged:
+            await self.block_and_clear(bridge, node, tmp_path, everything)
+        events = [e["event"] for e in logged]
+        assert (events.count("broker_blocked"), events.count("broker_unblocked")) == (1, 1)
+
+    async def block_and_clear(
+        self, bridge: BridgeFactory, node: BrokerNode, tmp_path: Path, everything: Collected
+    ) -> None:
+        """Raise the alarm, post meanwhile, clear it; every accepted message must arrive."""
         async with bridge(amqp_urls=(node.url,), spool_dir=tmp_path / "spool") as client:
             node.ctl("set_vm_memory_high_watermark", "0")
             try:
