@@ -1,7 +1,8 @@
 """Publishing to RabbitMQ with publisher confirms, retried until confirmed.
 
-The only module that touches aio-pika, and the only one that uses tenacity. Its callers see
-``BrokerError`` subclasses and nothing of aio-pika's own exceptions.
+The only module that uses tenacity, and with ``bridge.broker`` (the operator commands' probe
+and dead-letter reading) the only one that touches aio-pika. Its callers see ``BrokerError``
+subclasses and nothing of aio-pika's own exceptions.
 """
 
 from __future__ import annotations
