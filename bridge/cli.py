@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import structlog
 
 from bridge import __version__
-from bridge.errors import ConfigError
+from bridge.errors import BrokerError, ConfigError, SpoolError
 from bridge.logs import configure_logging
 from bridge.settings import Settings
 
@@ -28,7 +32,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         settings = Settings.from_env(env)
     except ConfigError as exc:
-        _report_bad_setting(exc, env)
+        if args.command == "check":
+            _print(
+                [{"check": "settings", "status": "fail", "detail": str(exc), "variable": exc.variable}], args
+            )
+        else:
+            _report_bad_setting(exc, env)
         return exc.exit_code
     configure_logging(settings.log_format, secrets=(settings.token,))
     if args.command == "serve":
@@ -36,6 +45,14 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
         structlog.get_logger("bridge.cli").info("starting", version=__version__, settings=settings.public())
         return run(settings)
+    if args.command == "check":
+        return _check(settings, args)
+    if args.command == "send":
+        return _send(settings, args, env)
+    if args.command == "spool":
+        return _spool_stats(settings, args)
+    if args.command == "redrive":
+        return _redrive(settings, args)
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse refuses first
     return 2  # pragma: no cover
 
@@ -49,7 +66,134 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="run the webhook listener and publisher until SIGTERM")
+    check = commands.add_parser(
+        "check",
+        help="check settings, broker and spool directory; exit 0 only if the bridge can run",
+        description="Checks the settings, that RabbitMQ accepts a connection (each node of "
+        "BRIDGE_AMQP_URL; the topology passively), and that the spool directory is writable. "
+        "Exit 0: ok; 1: a check failed; 2: a bad setting. Changes nothing.",
+    )
+    _add_format(check)
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds per broker node (default 5)")
+    send = commands.add_parser(
+        "send",
+        help="post a Servio webhook body to a running bridge (tests an installation)",
+        description="POSTs FILE (or standard input for -) as Servio would, prints the bridge's JSON "
+        "answer, exits 0 on a 2xx answer, 1 otherwise. Adds ?token=$BRIDGE_TOKEN when set.",
+    )
+    send.add_argument("file", metavar="FILE", help="the body, or - for standard input")
+    send.add_argument(
+        "--url", help="webhook URL (default http://127.0.0.1:$BRIDGE_PORT/webhooks/servio[/SOURCE])"
+    )
+    send.add_argument("--source", help="the {source} label to post under")
+    send.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)"
+    )
+    spool = commands.add_parser("spool", help="look at the spool (read-only; safe while the bridge runs)")
+    spool_commands = spool.add_subparsers(dest="spool_command", metavar="SPOOL_COMMAND", required=True)
+    stats = spool_commands.add_parser("stats", help="entries, bytes and oldest entry waiting for RabbitMQ")
+    _add_format(stats)
+    redrive = commands.add_parser(
+        "redrive",
+        help="re-parse <exchange>.invalid with today's parser; publish what now parses",
+        description="Takes each dead letter off <exchange>.invalid: what today's parser accepts is "
+        "published (same message_ids as at arrival) and acknowledged; the rest is put back unchanged.",
+    )
+    redrive.add_argument("--limit", type=int, help="at most this many dead letters (default: all there now)")
+    _add_format(redrive)
     return parser
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=("json", "table"),
+        default="json",
+        help="one JSON line per row (default) or a table",
+    )
+
+
+def _print(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
+    if getattr(args, "format", "json") == "json":
+        for row in rows:
+            sys.stdout.write(orjson.dumps(row, default=str).decode() + "\n")
+    else:
+        for row in rows:
+            sys.stdout.write("  ".join(f"{k}={v}" for k, v in row.items()) + "\n")
+    sys.stdout.flush()
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from bridge.check import exit_code, run_checks
+
+    results = asyncio.run(run_checks(settings, per_node=args.timeout))
+    if args.format == "table":
+        for r in results:
+            facts = "  ".join(f"{k}={v}" for k, v in r.facts.items())
+            sys.stdout.write(f"{r.status:<5} {r.check:<9} {r.detail}  {facts}".rstrip() + "\n")
+    else:
+        _print([r.as_dict() for r in results], args)
+    return exit_code(results)
+
+
+def _send(settings: Settings, args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    import aiohttp
+    from yarl import URL
+
+    from bridge.client import send_body, webhook_url, with_token
+
+    token = env.get("BRIDGE_TOKEN", "").strip() or None
+    if args.url:
+        url = str(with_token(URL(args.url), token))
+    else:
+        url = webhook_url(settings.port, args.source, token)
+    try:
+        body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        sys.stderr.write(f"servio-bridge send: cannot read {args.file}: {exc.strerror or exc}\n")
+        return 1
+    try:
+        status, answer = asyncio.run(send_body(url, body, within=args.timeout))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        shown = URL(url).without_query_params("token") if "token" in URL(url).query else URL(url)
+        sys.stderr.write(f"servio-bridge send: no answer from {shown}: {exc!r}\n")
+        return 1
+    sys.stdout.write(orjson.dumps({"http_status": status, "answer": answer}).decode() + "\n")
+    return 0 if 200 <= status < 300 else 1
+
+
+def _spool_stats(settings: Settings, args: argparse.Namespace) -> int:
+    from bridge.inspection import read_spool_stats
+
+    if settings.spool_dir is None:
+        _print([{"spool": None, "detail": "no spool (BRIDGE_SPOOL_DIR is empty)"}], args)
+        return 0
+    try:
+        stats = read_spool_stats(settings.spool_dir)
+    except SpoolError as exc:
+        sys.stderr.write(f"servio-bridge spool stats: {exc}\n")
+        return exc.exit_code
+    row: dict[str, object] = {"spool": str(settings.spool_dir), "exists": stats is not None}
+    entries, size, oldest = (stats.entries, stats.bytes, stats.oldest) if stats else (0, 0, None)
+    row.update(entries=entries, bytes=size, max_bytes=settings.spool_max_bytes)
+    row["oldest"] = None if oldest is None else datetime.fromtimestamp(oldest, UTC).isoformat()
+    row["oldest_age_seconds"] = None if oldest is None else round(max(0.0, time.time() - oldest), 3)
+    _print([row], args)
+    return 0
+
+
+def _redrive(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from bridge.redrive import redrive
+
+    try:
+        report = asyncio.run(redrive(settings, limit=args.limit))
+    except BrokerError as exc:
+        sys.stderr.write(f"servio-bridge redrive: {exc}\n")
+        return 1
+    _print([{"queue": f"{settings.exchange}.invalid", **asdict(report)}], args)
+    return 0
 
 
 def _report_bad_setting(exc: ConfigError, env: Mapping[str, str]) -> None:

@@ -1,7 +1,8 @@
 """Publishing to RabbitMQ with publisher confirms, retried until confirmed.
 
-The only module that touches aio-pika, and the only one that uses tenacity. Its callers see
-``BrokerError`` subclasses and nothing of aio-pika's own exceptions.
+The only module that uses tenacity, and with ``bridge.broker`` (the operator commands' probe
+and dead-letter reading) the only one that touches aio-pika. Its callers see ``BrokerError``
+subclasses and nothing of aio-pika's own exceptions.
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ class Publisher(Protocol):
         ...
 
 
+class PublishObserver(Protocol):
+    """What the publisher reports as it goes (metrics); every call must be cheap and never raise."""
+
+    def confirmed(self, message: Outbound, seconds: float) -> None:
+        """``message`` was confirmed ``seconds`` after it was sent."""
+        ...
+
+    def retried(self) -> None:
+        """A publish attempt failed and will be tried again."""
+        ...
+
+
 class AmqpPublisher:
     """One connection, one confirming channel, the topology declared on every (re)connect.
 
@@ -62,8 +75,11 @@ class AmqpPublisher:
         window: int = 256,
         confirm_timeout: float = 10.0,
         connect_timeout: float = 5.0,
-        heartbeat: int = 5,
+        # aiormq gives up on a silent peer after (heartbeat + 1) * 3 seconds: 2 s notices a
+        # vanished broker within ~9 s, so /readyz turns 503 before an operator wonders why.
+        heartbeat: int = 2,
         on_retry: Callable[[], None] | None = None,
+        observer: PublishObserver | None = None,
     ) -> None:
         self._urls = [_with_heartbeat(url, heartbeat) for url in urls]
         self._topology = topology
@@ -72,6 +88,7 @@ class AmqpPublisher:
         self._confirm_timeout = confirm_timeout
         self._connect_timeout = connect_timeout
         self._on_retry = on_retry
+        self._observer = observer
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
@@ -79,10 +96,55 @@ class AmqpPublisher:
         self._next_url = 0
         self._down_logged = False
         self._closed = False
+        self._blocked = False
 
     @property
     def connected(self) -> bool:
         return self._channel is not None and not self._channel.is_closed and not self._connection_closed()
+
+    @property
+    def blocked(self) -> bool:
+        """RabbitMQ has blocked this connection (connection.blocked: a memory or disk alarm)."""
+        return self._blocked
+
+    async def supervise(self, *, poll: float = 0.25) -> None:
+        """Keep a connection open even when nothing is published, until cancelled.
+
+        Reconnects in turn over the URLs with exponential back-off, and notices blocked and
+        unblocked connections, so readiness and metrics follow the broker with no traffic.
+        """
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(BrokerUnavailable),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=5.0),
+            stop=tenacity.stop_never,
+            reraise=True,
+        )
+        while not self._closed:
+            if not self.connected:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._ensure_channel()
+            self._watch_blocked()
+            await asyncio.sleep(poll)
+
+    def _watch_blocked(self) -> None:
+        blocked = self._connection_blocked()
+        if blocked == self._blocked:
+            return
+        self._blocked = blocked
+        if blocked:
+            log.warning("broker_blocked", name=self._name, hint="RabbitMQ has a memory or disk alarm")
+        else:
+            log.info("broker_unblocked", name=self._name)
+
+    def _connection_blocked(self) -> bool:
+        connection = self._connection
+        if connection is None or connection.is_closed or connection.transport is None:
+            return False
+        # aiormq tracks connection.blocked/unblocked in this event and offers no public view
+        # of it (only ``ready()``, which waits); reading it is side-effect free.
+        unblocked = getattr(connection.transport.connection, "_Connection__connection_unblocked", None)
+        return isinstance(unblocked, asyncio.Event) and not unblocked.is_set()
 
     async def connect(self) -> None:
         """Open the connection now (start-up); failure is logged, publish will try again."""
@@ -116,6 +178,8 @@ class AmqpPublisher:
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         if self._on_retry is not None:
             self._on_retry()
+        if self._observer is not None:
+            self._observer.retried()
         exc = state.outcome.exception() if state.outcome else None
         log.debug("publish_retry", attempt=state.attempt_number, error=str(exc))
 
@@ -176,6 +240,7 @@ class AmqpPublisher:
                 else channel.default_exchange
             )
             self._exchanges[message.exchange] = exchange
+        sent = time.monotonic()
         result = await exchange.publish(
             aio_pika.Message(
                 message.body,
@@ -193,6 +258,8 @@ class AmqpPublisher:
         # With confirms on and on_return_raises off, a basic.return comes back as the result.
         if isinstance(result, aiormq.abc.DeliveredMessage):
             raise MessageReturned(f"unroutable: {message.exchange!r} {message.routing_key!r}")
+        if self._observer is not None:
+            self._observer.confirmed(message, time.monotonic() - sent)
 
     async def _ensure_channel(self) -> AbstractChannel:
         if self.connected:
@@ -237,6 +304,11 @@ class AmqpPublisher:
                 errors.append(f"{_redacted(url)}: declaring topology failed: {exc!r}")
                 self._next_url = (self._next_url + 1) % len(self._urls)
                 continue
+            except asyncio.CancelledError:
+                # Shutting down mid-connect: do not leave a connection nobody will close.
+                with contextlib.suppress(*_AMQP_ERRORS):
+                    await asyncio.shield(connection.close())
+                raise
             self._connection = connection
             connection.close_callbacks.add(self._on_connection_closed)
             self._down_logged = False
@@ -266,6 +338,7 @@ class AmqpPublisher:
                 await channel.close()
 
     def _on_connection_closed(self, _sender: Any, exc: BaseException | None) -> None:
+        self._blocked = False
         if not self._closed:
             log.warning("broker_disconnected", error=repr(exc), name=self._name)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,8 @@ from aiohttp import web
 from bridge.app import build_app
 from bridge.drain import Drain
 from bridge.errors import SpoolError
+from bridge.metrics import Metrics
+from bridge.ops import OPERATIONS, Operations, install_operations
 from bridge.publisher import AmqpPublisher
 from bridge.settings import Settings
 from bridge.sink import DirectSink, Sink, SpoolSink
@@ -52,12 +55,14 @@ def build_service(settings: Settings) -> web.Application:
     """The app with its publisher (and spool and drain), opened and closed by cleanup_ctx."""
     topology = build_topology(settings.exchange, settings.routing_key, declare_queues=settings.declare_queues)
     spooled = settings.spool_dir is not None
+    metrics = Metrics()
     publisher = AmqpPublisher(
         settings.amqp_urls,
         topology,
         name="servio-bridge drain" if spooled else "servio-bridge",
         confirm_timeout=settings.publish_timeout,
         connect_timeout=min(5.0, settings.publish_timeout),
+        observer=metrics,
     )
     runtime = Runtime(publisher)
     sink: Sink
@@ -69,6 +74,8 @@ def build_service(settings: Settings) -> web.Application:
         sink = DirectSink(publisher, timeout=settings.publish_timeout)
     app = build_app(settings, sink)
     app[RUNTIME] = runtime
+    operations = Operations(publisher, runtime.spool, metrics)
+    install_operations(app, operations)
 
     async def spool_ctx(_app: web.Application) -> AsyncIterator[None]:
         assert runtime.spool is not None
@@ -77,8 +84,9 @@ def build_service(settings: Settings) -> web.Application:
         runtime.spool.close()
 
     async def broker_ctx(_app: web.Application) -> AsyncIterator[None]:
-        # Listen at once even when the broker is slow to answer; publishing waits for it.
-        connecting = asyncio.create_task(publisher.connect())
+        # Listen at once even when the broker is slow to answer; publishing waits for it. The
+        # supervisor also reconnects while no traffic flows, so /readyz follows the broker.
+        connecting = asyncio.create_task(publisher.supervise())
         yield
         connecting.cancel()
         await publisher.close()
@@ -90,7 +98,8 @@ def build_service(settings: Settings) -> web.Application:
         task.add_done_callback(runtime_failed_on(runtime))
         yield
         if not task.done() and runtime.fatal is None:
-            emptied = await drain.wait_empty(settings.shutdown_timeout)
+            # serve() may have spent part of the shutdown budget already, listening meanwhile.
+            emptied = await drain.wait_empty(operations.gate.remaining(settings.shutdown_timeout))
             assert runtime.spool is not None
             log.info("drain_stopped", emptied=emptied, left=runtime.spool.stats.entries)
         task.cancel()
@@ -159,7 +168,9 @@ async def serve(
         await asyncio.wait([trigger, stopped], return_when=asyncio.FIRST_COMPLETED)
         trigger.cancel()
         stopped.cancel()
-        log.info("shutting_down")
+        log.info("shutting_down", timeout=settings.shutdown_timeout)
+        if runtime.fatal is None:
+            await _drain_listening(app, settings.shutdown_timeout)
     finally:
         await runner.cleanup()
     log.info("stopped")
@@ -178,6 +189,17 @@ def runner_options(settings: Settings) -> dict[str, Any]:
         # After a refusal, unread body is drained this long so the client can read the answer.
         "lingering_time": LINGERING_TIME,
     }
+
+
+async def _drain_listening(app: web.Application, budget: float) -> None:
+    """Answer new webhooks 503 while those in flight finish and the spool drains, within ``budget`` s."""
+    gate = app[OPERATIONS].gate
+    gate.close(deadline=time.monotonic() + budget)
+    finished = await gate.wait_idle(gate.remaining(budget))
+    log.info("requests_finished" if finished else "requests_cut_short", left=gate.inflight)
+    drain = app[RUNTIME].drain
+    if drain is not None:
+        await drain.wait_empty(gate.remaining(budget))
 
 
 def run(settings: Settings, shutdown_trigger: Awaitable[object] | None = None) -> int:

@@ -1,0 +1,165 @@
+"""Prometheus metrics, every name starting ``servio_bridge_``, in a registry of each app's own.
+
+Counters and histograms move as things happen (the HTTP middleware, the publisher's observer);
+the gauges (spool depth, broker state) are read from the running parts at scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from bridge.message import Outbound
+from bridge.payload import KNOWN_ACTIONS, KNOWN_ENTITIES
+
+PREFIX = "servio_bridge"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Label values come from the outside (a URL's source, an unknown entity name): past this many
+# distinct values per metric, new ones are counted as "other" so a flood cannot exhaust memory.
+MAX_LABEL_VALUES = 200
+OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """The gauges' values at one instant."""
+
+    spool_entries: int
+    spool_bytes: int
+    spool_oldest: float | None
+    broker_connected: bool
+    broker_blocked: bool
+    ready: bool
+
+
+class Metrics:
+    """The bridge's counters and histograms; ``watch`` adds the gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._seen: dict[str, set[str]] = {}
+        r = self.registry
+        self.webhooks_received = Counter(
+            f"{PREFIX}_webhooks_received",
+            "Webhook requests answered, by HTTP status and source.",
+            ["status", "source"],
+            registry=r,
+        )
+        self.messages_published = Counter(
+            f"{PREFIX}_messages_published",
+            "Messages confirmed by RabbitMQ, by routing key.",
+            ["routing_key"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            f"{PREFIX}_dead_letters",
+            "Dead letters confirmed into <exchange>.invalid, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.unknown_names = Counter(
+            f"{PREFIX}_unknown_names",
+            "Messages published under an undocumented action or entity name.",
+            ["kind", "name"],
+            registry=r,
+        )
+        self.publish_retries = Counter(
+            f"{PREFIX}_publish_retries", "Publish attempts that failed and were tried again.", registry=r
+        )
+        self.confirm_latency = Histogram(
+            f"{PREFIX}_confirm_latency_seconds",
+            "Time from sending a message to RabbitMQ's confirm.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "Time to answer an HTTP request, by route.",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+
+    def watch(self, state: Callable[[], State]) -> None:
+        """Read the gauges from ``state()`` at every scrape."""
+        self.registry.register(_StateCollector(state))
+
+    def label(self, metric: str, value: str) -> str:
+        """``value``, or "other" once ``metric`` has seen ``MAX_LABEL_VALUES`` distinct ones."""
+        seen = self._seen.setdefault(metric, set())
+        if value in seen:
+            return value
+        if len(seen) >= MAX_LABEL_VALUES:
+            return OTHER
+        seen.add(value)
+        return value
+
+    def webhook(self, status: int, source: str) -> None:
+        self.webhooks_received.labels(str(status), self.label("source", source)).inc()
+
+    def request(self, route: str, seconds: float) -> None:
+        self.request_latency.labels(route).observe(seconds)
+
+    # -- the publisher's observer ----------------------------------------------------------
+
+    def confirmed(self, message: Outbound, seconds: float) -> None:
+        self.confirm_latency.observe(seconds)
+        if message.exchange == "":
+            self.dead_letters.labels(self.label("reason", message.headers.get("reason", "unknown"))).inc()
+            return
+        self.messages_published.labels(self.label("routing_key", message.routing_key)).inc()
+        try:
+            body = orjson.loads(message.body)
+            action, entity = str(body["action"]), str(body["entity"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if action not in KNOWN_ACTIONS:
+            self.unknown_names.labels("action", self.label("unknown", action)).inc()
+        if entity not in KNOWN_ENTITIES:
+            self.unknown_names.labels("entity", self.label("unknown", entity)).inc()
+
+    def retried(self) -> None:
+        self.publish_retries.inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything above."""
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self, state: Callable[[], State]) -> None:
+        self._state = state
+
+    def describe(self) -> Iterator[Metric]:
+        # Nothing to describe up front: the gauges exist only at collect time.
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._state()
+        age = 0.0 if s.spool_oldest is None else max(0.0, time.time() - s.spool_oldest)
+        yield _gauge(
+            "spool_entries", "Messages waiting in the spool for RabbitMQ's confirm.", s.spool_entries
+        )
+        yield _gauge(
+            "spool_bytes", "Bytes the spool holds, as counted against BRIDGE_SPOOL_MAX_BYTES.", s.spool_bytes
+        )
+        yield _gauge("spool_oldest_age_seconds", "Age of the oldest entry in the spool (0 when empty).", age)
+        yield _gauge(
+            "broker_connected", "1 while the publishing connection to RabbitMQ is open.", s.broker_connected
+        )
+        yield _gauge(
+            "broker_blocked",
+            "1 while RabbitMQ blocks the connection (memory or disk alarm).",
+            s.broker_blocked,
+        )
+        yield _gauge("ready", "1 while /readyz answers 200.", s.ready)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=float(value))

@@ -1,0 +1,160 @@
+"""/healthz, /readyz, /metrics and the shutdown gate, with a fake broker and a real spool."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bridge.app import build_app
+from bridge.logs import configure_logging
+from bridge.metrics import Metrics
+from bridge.ops import Operations, install_operations
+from bridge.settings import Settings
+from bridge.sink import SpoolSink
+from bridge.spool import Spool
+from tests.fakes import FakePublisher
+from tests.prom import sample
+
+Client = TestClient[Any, Any]
+
+
+class FakeBroker(FakePublisher):
+    """The fake publisher, plus the connection.blocked state /readyz reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocked = False
+
+
+@pytest.fixture
+def broker() -> FakeBroker:
+    return FakeBroker()
+
+
+@pytest.fixture
+async def ops(broker: FakeBroker, tmp_path: Path) -> AsyncIterator[tuple[Client, Operations]]:
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    spool.open()
+    app = build_app(Settings(spool_dir=tmp_path / "spool"), SpoolSink(spool, on_fatal=lambda _e: None))
+    operations = Operations(broker, spool, Metrics())
+    install_operations(app, operations)
+    async with TestClient(TestServer(app)) as client:
+        yield client, operations
+    spool.close()
+
+
+class TestReadiness:
+    async def test_ready_when_connected_and_spool_writable(self, ops: tuple[Client, Operations]) -> None:
+        """/readyz 200 and /healthz 200 with the broker connected and the spool open."""
+        client, _ = ops
+        response = await client.get("/readyz")
+        assert response.status == 200
+        assert (await response.json())["problems"] == []
+        assert (await client.get("/healthz")).status == 200
+
+    async def test_broker_down_is_503_and_webhooks_still_accepted(
+        self, ops: tuple[Client, Operations], broker: FakeBroker
+    ) -> None:
+        """Not ready while the broker is gone, yet webhooks are still kept in the spool; healthz stays 200."""
+        client, operations = ops
+        broker.break_down()
+        response = await client.get("/readyz")
+        assert response.status == 503
+        assert "Retry-After" in response.headers
+        assert (await response.json())["problems"] == ["broker_disconnected"]
+        assert (await client.get("/healthz")).status == 200
+        posted = await client.post("/webhooks/servio/h1", data=b'{"Add":{"Guests":[1,2]}}')
+        assert posted.status == 200
+        assert operations.spool is not None
+        assert operations.spool.stats.entries == 2
+
+    async def test_blocked_broker_is_named(self, ops: tuple[Client, Operations], broker: FakeBroker) -> None:
+        """A connection blocked by a RabbitMQ alarm makes /readyz 503 with reason broker_blocked."""
+        client, _ = ops
+        broker.blocked = True
+        response = await client.get("/readyz")
+        assert response.status == 503
+        body = await response.json()
+        assert body["problems"] == ["broker_blocked"]
+        assert body["broker"] == {"connected": True, "blocked": True}
+
+
+class TestMetrics:
+    async def test_names_and_webhook_counts(self, ops: tuple[Client, Operations], broker: FakeBroker) -> None:
+        """Every name starts servio_bridge_; webhooks are counted by status and source; gauges read live."""
+        client, _ = ops
+        for _ in range(3):
+            await client.post("/webhooks/servio/Jam_1", data=b'{"Add":{"Guests":[7]}}')
+        await client.post("/webhooks/servio/Jam_2", data=b"{")
+        broker.blocked = True
+        text = await (await client.get("/metrics")).text()
+        names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+        assert names
+        assert all(name.startswith("servio_bridge_") for name in names), names
+        assert sample(text, "servio_bridge_webhooks_received_total", status="200", source="Jam_1") == 3
+        assert sample(text, "servio_bridge_webhooks_received_total", status="400", source="Jam_2") == 1
+        assert sample(text, "servio_bridge_spool_entries") == 4  # three events and one raw dead letter
+        assert (sample(text, "servio_bridge_spool_bytes") or 0) > 0
+        assert (sample(text, "servio_bridge_spool_oldest_age_seconds") or -1) >= 0
+        assert sample(text, "servio_bridge_broker_connected") == 1
+        assert sample(text, "servio_bridge_broker_blocked") == 1
+        assert sample(text, "servio_bridge_ready") == 0
+        route = "/webhooks/servio/{source}"
+        assert sample(text, "servio_bridge_request_duration_seconds_count", route=route) == 4
+
+    async def test_sources_past_the_bound_are_other(self, ops: tuple[Client, Operations]) -> None:
+        """Label values from the outside are bounded: a flood of sources ends up under "other"."""
+        _, operations = ops
+        for n in range(250):
+            operations.metrics.webhook(200, f"s{n}")
+        text = operations.metrics.render().decode()
+        assert sample(text, "servio_bridge_webhooks_received_total", status="200", source="other") == 50
+        assert sample(text, "servio_bridge_webhooks_received_total", status="200", source="s199") == 1
+
+    async def test_registries_do_not_collide(self) -> None:
+        """Two apps in one process keep their own counts."""
+        first, second = Metrics(), Metrics()
+        first.webhook(200, "a")
+        assert (
+            sample(
+                second.render().decode(), "servio_bridge_webhooks_received_total", status="200", source="a"
+            )
+            is None
+        )
+
+
+class TestShutdownGate:
+    async def test_closed_gate_turns_webhooks_away(self, ops: tuple[Client, Operations]) -> None:
+        """After shutdown began: webhooks 503, Retry-After, Connection: close; readyz 503; healthz 200."""
+        client, operations = ops
+        operations.gate.close()
+        response = await client.post("/webhooks/servio", data=b'{"Add":{"Guests":[1]}}')
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "5"
+        assert response.headers["Connection"].lower() == "close"
+        assert (await response.json())["error"] == "shutting_down"
+        assert operations.spool is not None
+        assert operations.spool.stats.entries == 0
+        assert (await (await client.get("/readyz")).json())["problems"] == ["shutting_down"]
+        assert (await client.get("/healthz")).status == 200
+
+
+class TestRequestLog:
+    async def test_one_line_per_webhook_with_its_facts(self, ops: tuple[Client, Operations]) -> None:
+        """The request line carries delivery_id, source, status, messages, rejected and duration."""
+        client, _ = ops
+        stream = io.StringIO()
+        configure_logging("json", stream=stream)
+        response = await client.post("/webhooks/servio/Jam_4", data=b'{"Add":{"Guests":[1,true]}}')
+        answer = await response.json()
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        (line,) = [entry for entry in lines if entry["event"] == "request"]
+        assert line["delivery_id"] == answer["delivery_id"]
+        assert (line["source"], line["status"], line["messages"], line["rejected"]) == ("Jam_4", 200, 1, 1)
+        assert line["duration_ms"] >= 0
