@@ -289,9 +289,9 @@ class TestDeadLetters:
         assert [orjson.loads(letter.body)["value"] for letter in letters] == [0, -1, -2]
         assert len({letter.message_id for letter in letters}) == 3
 
-    @pytest.mark.parametrize("depth", [pytest.param(100, id="100"), pytest.param(300, id="300"), 1000])
+    @pytest.mark.parametrize("depth", [pytest.param(30, id="30"), pytest.param(60, id="60")])
     def test_deeply_nested_part_is_kept(self, depth: int) -> None:
-        """A rejected part nested as deep as the decoder accepts is still dead-lettered whole."""
+        """A rejected part nested as deep as the parser accepts is dead-lettered whole."""
         raw = b'{"Add":{"Guests":[1,' + b"[" * depth + b"]" * depth + b"]}}"
         payload = parse_payload(raw)
         messages = build_messages(payload, DELIVERY, exchange="servio", template=DEFAULT_TEMPLATE)

@@ -383,6 +383,21 @@ class TestInvalidBody:
     @pytest.mark.parametrize(
         "raw",
         [
+            pytest.param(b"[" * 50_000 + b"]" * 50_000, id="50000-nested-arrays"),
+            pytest.param(b'{"Add":' + b"[" * 50_000 + b"]" * 50_000 + b"}", id="50000-nested-in-object"),
+            pytest.param(b'{"Add":{"Guests":[' + b"[" * 70 + b"]" * 70 + b"]}}", id="72-deep-id"),
+        ],
+    )
+    def test_too_deep(self, raw: bytes) -> None:
+        """Bodies nested past 64 levels raise InvalidBody too_deep, whatever the decoder allows."""
+        with pytest.raises(InvalidBody) as caught:
+            parse_payload(raw)
+        assert caught.value.code == "too_deep"
+        assert caught.value.status == 400
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
             pytest.param(b"", id="empty"),
             pytest.param(b"   ", id="blank"),
             pytest.param(b"{", id="cut-short"),
@@ -393,12 +408,10 @@ class TestInvalidBody:
             pytest.param(b'{"Add":1e400}', id="infinite-number"),
             pytest.param(b'\xff\xfe{"Add":null}', id="not-utf8"),
             pytest.param(b'{"Add":"\\ud800"}', id="lone-surrogate"),
-            pytest.param(b"[" * 50_000 + b"]" * 50_000, id="50000-nested-arrays"),
-            pytest.param(b'{"Add":' + b"[" * 50_000 + b"]" * 50_000 + b"}", id="50000-nested-in-object"),
         ],
     )
     def test_not_json(self, raw: bytes) -> None:
-        """Bytes that are not JSON (or nest past the decoder's limit) raise InvalidBody not_json."""
+        """Bytes that are not JSON raise InvalidBody not_json."""
         with pytest.raises(InvalidBody) as caught:
             parse_payload(raw)
         assert caught.value.code == "not_json"
