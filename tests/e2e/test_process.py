@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -17,15 +16,6 @@ from aio_pika.abc import AbstractChannel
 from tests.conftest import AMQP_URL, bind_all
 from tests.e2e.process import BridgeProcess
 from tests.seed import EXPECTED, seed_payloads
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[list[BridgeProcess]]:
-    """Processes a test starts; any still running at the end are killed."""
-    started: list[BridgeProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
 
 
 class TestServe:

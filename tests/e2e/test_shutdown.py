@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -17,14 +16,6 @@ from tests.conftest import AMQP_URL, bind_all, free_port
 from tests.e2e.process import BridgeProcess
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def processes() -> Iterator[list[BridgeProcess]]:
-    started: list[BridgeProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
 
 
 def settings(exchange: str, spool: Path, url: str, **more: str) -> dict[str, str]:
