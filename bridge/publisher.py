@@ -81,7 +81,9 @@ class AmqpPublisher:
         heartbeat: int = 2,
         on_retry: Callable[[], None] | None = None,
         observer: PublishObserver | None = None,
+        log_blocked: bool = True,
     ) -> None:
+        self._log_blocked = log_blocked
         self._urls = [_with_heartbeat(url, heartbeat) for url in urls]
         self._topology = topology
         self._name = name
@@ -133,6 +135,8 @@ class AmqpPublisher:
         if blocked == self._blocked:
             return
         self._blocked = blocked
+        if not self._log_blocked:  # the publishing process's parent says it instead
+            return
         if blocked:
             log.warning("broker_blocked", name=self._name, hint="RabbitMQ has a memory or disk alarm")
         else:
