@@ -155,7 +155,11 @@ class ProcessPublisher:
         reply = asyncio.get_running_loop().create_future()
         self._replies[self._next_id] = reply
         records = [encode_record(m).decode() for m in messages]
-        await _send(self._writer, {"id": self._next_id, "records": records, "within": within})
+        try:
+            await _send(self._writer, {"id": self._next_id, "records": records, "within": within})
+        except OSError as exc:  # the child died since it started; supervise starts another
+            self._replies.pop(self._next_id, None)
+            raise BrokerUnavailable(f"the publishing process is gone: {exc!r}") from None
         answer = await reply
         if self._observer is not None:
             for _ in range(answer["retries"]):
