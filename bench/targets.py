@@ -76,10 +76,15 @@ class Target:
         return self.proc.pid
 
     def peak_rss(self) -> int:
-        return proc_status(self.pid, "VmHWM")
+        """Peak RSS of the process plus that of each child it has now (the bridge's publisher)."""
+        return sum(proc_status(pid, "VmHWM") for pid in self.pids())
 
     def rss(self) -> int:
-        return proc_status(self.pid, "VmRSS")
+        return sum(proc_status(pid, "VmRSS") for pid in self.pids())
+
+    def pids(self) -> list[int]:
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return [self.pid, *(int(c) for c in children)]
 
     async def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; the exit code."""

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -152,4 +153,7 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
 def _json(
     body: dict[str, object], *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.json_response(body, status=status, headers=headers)
+    # orjson: a quarter of the cost of web.json_response's json.dumps.
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )

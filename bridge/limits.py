@@ -54,11 +54,15 @@ class Gate:
         Raises:
             Unavailable: no slot came free within ``wait`` seconds.
         """
-        try:
-            async with asyncio.timeout(self._wait):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise Unavailable("busy", "too many webhooks in progress", self._retry_after) from None
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self._wait):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise Unavailable("busy", "too many webhooks in progress", self._retry_after) from None
+        else:
+            # A free slot is taken without waiting: no timer to arm and cancel per request.
+            await self._slots.acquire()
         try:
             yield
         finally:

@@ -6,6 +6,7 @@ aiohttp's and aio-pika's lines included.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -48,10 +49,21 @@ def configure_logging(
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
         tracebacks = _keep
+    handler = logging.StreamHandler(stream or sys.stderr)
+    _OUTPUT.configure(handler, secrets)
+    # Our own events skip the stdlib round trip (a LogRecord and a formatter per line): rendered
+    # by structlog, redacted, written to the same stream under the handler's lock.
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            _add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            tracebacks,
+            renderer,
+        ],
+        logger_factory=_DirectLogger,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
     formatter = RedactingFormatter(
@@ -63,7 +75,6 @@ def configure_logging(
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -91,18 +102,75 @@ class RedactingFormatter(structlog.stdlib.ProcessorFormatter):
     def __init__(self, secrets: Iterable[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.secrets = tuple(s for s in secrets if s)
+        self._forms = _secret_forms(self.secrets)
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record), self.secrets)
+        return _redact(super().format(record), self._forms)
 
 
 def redact(line: str, secrets: Iterable[str] = ()) -> str:
     """``line`` with each secret (as written or URL-encoded), query token and Bearer credential as ***."""
+    return _redact(line, _secret_forms(secrets))
+
+
+def _secret_forms(secrets: Iterable[str]) -> tuple[str, ...]:
+    forms: set[str] = set()
     for secret in secrets:
-        forms = {secret, quote(secret, safe=""), quote(secret), _dumps(secret)[1:-1], repr(secret)[1:-1]}
-        for form in forms:
-            line = line.replace(form, "***")
+        if secret:
+            forms |= {secret, quote(secret, safe=""), quote(secret), _dumps(secret)[1:-1], repr(secret)[1:-1]}
+    # Longest first: a form that contains another is replaced whole.
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _redact(line: str, forms: tuple[str, ...]) -> str:
+    for form in forms:
+        line = line.replace(form, "***")
     return _BEARER.sub(r"\1***", _QUERY_TOKEN.sub(r"\1***", line))
+
+
+class _Output:
+    """Where our own events' lines go: the root handler's stream, under that handler's lock."""
+
+    def __init__(self) -> None:
+        self.handler: logging.StreamHandler[TextIO] | None = None
+        self.forms: tuple[str, ...] = ()
+
+    def configure(self, handler: logging.StreamHandler[TextIO], secrets: Iterable[str]) -> None:
+        self.handler = handler
+        self.forms = _secret_forms(secrets)
+
+    def write(self, line: str) -> None:
+        handler = self.handler
+        if handler is None:
+            return
+        line = _redact(line, self.forms)
+        with handler.lock or contextlib.nullcontext():
+            try:
+                handler.stream.write(line + "\n")
+                handler.flush()
+            except (OSError, ValueError):  # pragma: no cover - a closed stderr: nowhere to say so
+                pass
+
+
+_OUTPUT = _Output()
+
+
+class _DirectLogger:
+    """structlog's logger for our events: one finished line to ``_OUTPUT``. Cached loggers keep
+    this object, so ``configure_logging`` again (tests) swaps what ``_OUTPUT`` writes to."""
+
+    def __init__(self, name: str = "", *_args: Any) -> None:
+        self.name = name
+
+    def msg(self, line: str) -> None:
+        _OUTPUT.write(line)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _add_logger_name(logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    event_dict["logger"] = getattr(logger, "name", "")
+    return event_dict
 
 
 def _dumps(obj: Any, **_: Any) -> str:

@@ -24,6 +24,7 @@ from bridge.sink import DirectSink, Sink, SpoolSink
 from bridge.spool import Spool
 from bridge.tls import build_server_context
 from bridge.topology import build_topology
+from bridge.worker import ProcessPublisher, WorkerConfig
 
 log = structlog.get_logger("bridge.service")
 MAX_HEADERS = 64
@@ -34,7 +35,7 @@ LINGERING_TIME = 2.0
 class Runtime:
     """The parts of a running bridge that tests and operations endpoints look at."""
 
-    publisher: AmqpPublisher
+    publisher: AmqpPublisher | ProcessPublisher
     spool: Spool | None = None
     drain: Drain | None = None
     fatal: SpoolError | None = None
@@ -56,14 +57,19 @@ def build_service(settings: Settings) -> web.Application:
     topology = build_topology(settings.exchange, settings.routing_key, declare_queues=settings.declare_queues)
     spooled = settings.spool_dir is not None
     metrics = Metrics()
-    publisher = AmqpPublisher(
-        settings.amqp_urls,
-        topology,
-        name="servio-bridge drain" if spooled else "servio-bridge",
-        confirm_timeout=settings.publish_timeout,
-        connect_timeout=min(5.0, settings.publish_timeout),
-        observer=metrics,
-    )
+    publisher: AmqpPublisher | ProcessPublisher
+    if spooled:
+        # The drain's publishing in a process of its own: it would otherwise take the listener's CPU.
+        publisher = ProcessPublisher(WorkerConfig.from_settings(settings), observer=metrics)
+    else:
+        publisher = AmqpPublisher(
+            settings.amqp_urls,
+            topology,
+            name="servio-bridge",
+            confirm_timeout=settings.publish_timeout,
+            connect_timeout=min(5.0, settings.publish_timeout),
+            observer=metrics,
+        )
     runtime = Runtime(publisher)
     sink: Sink
     if settings.spool_dir is not None:

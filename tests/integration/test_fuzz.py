@@ -71,7 +71,8 @@ class Outcomes:
     """What the fuzzing thread saw: one (status, body sent, answer) per request."""
 
     seen: list[tuple[int, bytes, dict[str, Any]]] = field(default_factory=list)
-    sockets: set[int] = field(default_factory=set)
+    # Local (address, port) of each connection used: id() of a closed socket can be reused.
+    sockets: set[tuple[str, int]] = field(default_factory=set)
 
 
 @pytest.fixture
@@ -101,7 +102,7 @@ def fuzz(server: TestServer, strategy: st.SearchStrategy[bytes], bodies: int, ou
             conn.request("POST", "/webhooks/servio/fuzz", body=body)
             response = conn.getresponse()
             answer = json.loads(response.read())
-            out.sockets.add(id(conn.sock))
+            out.sockets.add(conn.sock.getsockname())
             assert response.status < 500, (response.status, answer, body)
             assert response.status in (200, 400, 413), (response.status, answer, body)
             out.seen.append((response.status, body, answer))

@@ -1,0 +1,290 @@
+"""Publishing in a child process: the drain's AMQP work runs on the other core, not the listener's.
+
+``ProcessPublisher`` is the ``Publisher`` the drain sees in the listening process; it hands each
+batch to ``python -m bridge.worker``, which publishes it with an ``AmqpPublisher`` and answers
+once every message is confirmed. The child never touches the spool (the listener alone reads,
+appends and removes), dies with its parent (``PR_SET_PDEATHSIG``), and reports the connection's
+state so /readyz and /metrics stay in the listening process. Frames are a 4-byte length and JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+from bridge.errors import BrokerError, BrokerUnavailable
+from bridge.message import Outbound, decode_record, encode_record
+from bridge.publisher import AmqpPublisher, PublishObserver
+from bridge.settings import Settings
+from bridge.topology import build_topology
+
+log = structlog.get_logger("bridge.worker")
+_LENGTH = struct.Struct(">I")
+_PR_SET_PDEATHSIG = 1
+STATE_POLL = 0.1
+RESPAWN_DELAY = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What the child needs of the settings; sent over its socket, never on its command line."""
+
+    amqp_urls: tuple[str, ...]
+    exchange: str
+    routing_key: str
+    declare_queues: bool
+    publish_timeout: float
+    log_format: str
+    secrets: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerConfig:
+        return cls(
+            settings.amqp_urls,
+            settings.exchange,
+            settings.routing_key,
+            settings.declare_queues,
+            settings.publish_timeout,
+            settings.log_format,
+            (settings.token,) if settings.token else (),
+        )
+
+
+async def _send(writer: asyncio.StreamWriter, frame: dict[str, Any]) -> None:
+    payload = orjson.dumps(frame)
+    writer.write(_LENGTH.pack(len(payload)) + payload)
+    await writer.drain()
+
+
+async def _receive(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    try:
+        size = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))[0]
+        frame: dict[str, Any] = orjson.loads(await reader.readexactly(size))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    return frame
+
+
+class ProcessPublisher:
+    """A ``Publisher`` whose publishing happens in a child process, kept running by ``supervise``."""
+
+    def __init__(self, config: WorkerConfig, *, observer: PublishObserver | None = None) -> None:
+        self._config = config
+        self._observer = observer
+        self._writer: asyncio.StreamWriter | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._started = asyncio.Event()
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 0
+        self._connected = False
+        self._blocked = False
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def blocked(self) -> bool:
+        return self._blocked
+
+    async def supervise(self) -> None:
+        """Run the child, and start a new one if it dies, until cancelled (``close`` stops it)."""
+        while not self._closed:
+            parent, child = socket.socketpair()
+            with child:
+                self._process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bridge.worker",
+                    str(child.fileno()),
+                    pass_fds=(child.fileno(),),
+                    stdin=asyncio.subprocess.DEVNULL,
+                )
+            reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+            try:
+                await _send(self._writer, {"config": asdict(self._config), "parent": os.getpid()})
+                self._started.set()
+                while (frame := await _receive(reader)) is not None:
+                    self._handle(frame)
+            finally:
+                self._started.clear()
+                self._connected = self._blocked = False
+                for reply in self._replies.values():
+                    if not reply.done():
+                        reply.set_exception(BrokerUnavailable("the publishing process exited"))
+                self._replies.clear()
+            if self._closed:
+                return
+            code = await self._process.wait()
+            self._writer.close()
+            log.error("worker_exited", exit_code=code)
+            await asyncio.sleep(RESPAWN_DELAY)
+
+    def _handle(self, frame: dict[str, Any]) -> None:
+        if "state" in frame:
+            connected, blocked = frame["state"]
+            if blocked != self._blocked:
+                if blocked:
+                    log.warning("broker_blocked", hint="RabbitMQ has a memory or disk alarm")
+                else:
+                    log.info("broker_unblocked")
+            self._connected, self._blocked = connected, blocked
+        elif (reply := self._replies.pop(frame.get("id", -1), None)) is not None and not reply.done():
+            reply.set_result(frame)
+
+    async def publish(self, messages: Sequence[Outbound], *, deadline: float | None = None) -> None:
+        within = None if deadline is None else max(0.0, deadline - time.monotonic())
+        async with asyncio.timeout(within):
+            await self._started.wait()
+        assert self._writer is not None
+        self._next_id += 1
+        reply = asyncio.get_running_loop().create_future()
+        self._replies[self._next_id] = reply
+        records = [encode_record(m).decode() for m in messages]
+        try:
+            await _send(self._writer, {"id": self._next_id, "records": records, "within": within})
+        except OSError as exc:  # the child died since it started; supervise starts another
+            self._replies.pop(self._next_id, None)
+            raise BrokerUnavailable(f"the publishing process is gone: {exc!r}") from None
+        answer = await reply
+        if self._observer is not None:
+            for _ in range(answer["retries"]):
+                self._observer.retried()
+            for message, seconds in zip(messages, answer["confirmed"], strict=False):
+                self._observer.confirmed(message, seconds)
+        if answer["error"] is not None:
+            raise BrokerUnavailable(answer["error"])
+
+    async def close(self) -> None:
+        """Ask the child to close its connection and exit; kill it if it does not within 5 s."""
+        self._closed = True
+        if self._writer is not None and self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ConnectionError):
+                await _send(self._writer, {"close": True})
+            try:
+                await asyncio.wait_for(self._process.wait(), 5)
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self._writer.wait_closed()
+
+
+# -- the child --------------------------------------------------------------------------------
+
+
+class _Tally:
+    """The child's observer: what one publish call confirmed and retried, sent back with its answer."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.retries = 0
+
+    def confirmed(self, _message: Outbound, seconds: float) -> None:
+        self.latencies.append(seconds)
+
+    def retried(self) -> None:
+        self.retries += 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this process when its parent dies: no orphan keeps publishing after a kill -9."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+async def _serve(fd: int) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
+    first = await _receive(reader)
+    if first is None:
+        return
+    _die_with_parent(first["parent"])
+    # JSON made the tuples lists.
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in first["config"].items()}
+    config = WorkerConfig(**fields)
+    from bridge.logs import configure_logging
+
+    configure_logging(config.log_format, secrets=config.secrets)
+    # One batch at a time comes from the drain, so one tally, reset per batch, is its account.
+    tally = _Tally()
+    publisher = AmqpPublisher(
+        config.amqp_urls,
+        build_topology(config.exchange, config.routing_key, declare_queues=config.declare_queues),
+        name="servio-bridge drain",
+        confirm_timeout=config.publish_timeout,
+        connect_timeout=min(5.0, config.publish_timeout),
+        observer=tally,
+        log_blocked=False,
+    )
+    supervising = asyncio.create_task(publisher.supervise())
+    reporting = asyncio.create_task(_report_state(publisher, writer))
+    publishing: set[asyncio.Task[None]] = set()
+    try:
+        # Frames are read while a batch publishes: "close" must stop a publish that retries
+        # through an outage, within the parent's shutdown budget.
+        while (frame := await _receive(reader)) is not None and "close" not in frame:
+            task = asyncio.create_task(_publish(publisher, tally, frame, writer))
+            publishing.add(task)
+            task.add_done_callback(publishing.discard)
+    finally:
+        for task in (*publishing, supervising, reporting):
+            task.cancel()
+        await publisher.close()
+        writer.close()
+
+
+async def _publish(
+    publisher: AmqpPublisher, tally: _Tally, frame: dict[str, Any], writer: asyncio.StreamWriter
+) -> None:
+    tally.latencies, tally.retries = [], 0
+    deadline = None if frame["within"] is None else time.monotonic() + frame["within"]
+    error = None
+    try:
+        await publisher.publish([decode_record(r.encode()) for r in frame["records"]], deadline=deadline)
+    except BrokerError as exc:
+        error = str(exc)
+    reply = {"id": frame["id"], "confirmed": tally.latencies, "retries": tally.retries, "error": error}
+    await _send(writer, reply)
+
+
+async def _report_state(publisher: AmqpPublisher, writer: asyncio.StreamWriter) -> None:
+    last = None
+    while True:
+        state = (publisher.connected, publisher.blocked)
+        if state != last:
+            await _send(writer, {"state": state})
+            last = state
+        await asyncio.sleep(STATE_POLL)
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m bridge.worker FD``: serve the parent on the socket FD until it says close."""
+    import uvloop
+
+    # SIGTERM/SIGINT go to the whole process group on a terminal: the parent decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    uvloop.run(_serve(int(argv[1])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
