@@ -56,7 +56,7 @@ class Drain:
             try:
                 await self._publisher.publish(messages)
                 return
-            except BrokerError as exc:  # pragma: no cover - publish without deadline retries forever
+            except BrokerError as exc:  # the publishing process died mid-batch: a new one takes it again
                 log.warning("drain_publish_failed", error=str(exc))
                 await asyncio.sleep(1)
 

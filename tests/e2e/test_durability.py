@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -333,3 +334,41 @@ class TestFailedWrite:
         lost, _ = reconcile(accepted, await everything.settle(0.5))
         assert lost == 0
         assert len(accepted) >= 1000
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (Linux /proc)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+class TestPublishingProcessKilled:
+    async def test_worker_sigkilled_under_load_is_replaced_and_nothing_lost(
+        self, start_bridge: Starter, amqp_channel: AbstractChannel, exchange_name: str
+    ) -> None:
+        """The publishing child SIGKILLed twice under load: a new one takes over, every 200 is delivered."""
+        everything = await bind_all(amqp_channel, exchange_name)
+        bridge = await start_bridge()
+        await bridge.event("broker_connected")
+        load = Load(bridge.base_url)
+        killed: list[int] = []
+
+        async def kill_worker_twice() -> None:
+            for _ in range(2):
+                await asyncio.sleep(1.5)
+                (worker,) = child_pids(bridge.proc.pid)
+                os.kill(worker, signal.SIGKILL)
+                killed.append(worker)
+
+        await asyncio.gather(load.run(seconds=5, concurrency=8), kill_worker_twice())
+        await wait_delivered(everything, load.accepted)
+        lost, _ = reconcile(load.accepted, await everything.settle(0.5))
+        assert lost == 0
+        assert len(killed) == 2
+        assert len(load.accepted) > 100, load.statuses
+        assert load.refused == 0, load.statuses
+        assert sum(e["event"] == "worker_exited" for e in bridge.events()) == 2
+        (replacement,) = child_pids(bridge.proc.pid)
+        assert replacement not in killed
+        bridge.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(bridge.wait) == 0
