@@ -16,8 +16,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
 from bridge.errors import BrokerUnavailable
-
-_AMQP_ERRORS = (aiormq.exceptions.AMQPError, OSError, RuntimeError)
+from bridge.publisher import AMQP_ERRORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,32 +35,26 @@ async def probe(url: str, *, exchanges: tuple[str, ...], queues: tuple[str, ...]
             connection = await aio_pika.connect(
                 url, client_properties={"connection_name": "servio-bridge check"}
             )
-    except (*_AMQP_ERRORS, TimeoutError) as exc:
+    except (*AMQP_ERRORS, TimeoutError) as exc:
         return Probe(False, f"cannot connect: {exc!r}")
     missing = []
     try:
         async with asyncio.timeout(within):
-            for name in exchanges:
+            declares = [(_declare_exchange, name) for name in exchanges]
+            declares += [(_declare_queue, name) for name in queues]
+            for declare, name in declares:
                 # A failed passive declare closes its channel: one channel per object.
                 channel = await connection.channel()
                 try:
-                    await channel.declare_exchange(name, passive=True)
+                    await declare(channel, name)
                 except aiormq.exceptions.ChannelNotFoundEntity:
                     missing.append(name)
                 finally:
                     await _close(channel)
-            for name in queues:
-                channel = await connection.channel()
-                try:
-                    await channel.declare_queue(name, passive=True)
-                except aiormq.exceptions.ChannelNotFoundEntity:
-                    missing.append(name)
-                finally:
-                    await _close(channel)
-    except (*_AMQP_ERRORS, TimeoutError) as exc:
+    except (*AMQP_ERRORS, TimeoutError) as exc:
         return Probe(False, f"connected, then failed: {exc!r}")
     finally:
-        with contextlib.suppress(*_AMQP_ERRORS):
+        with contextlib.suppress(*AMQP_ERRORS):
             await connection.close()
     return Probe(True, "connected", tuple(missing))
 
@@ -81,7 +74,7 @@ class DeadLetter:
         """Remove it from the queue (after whatever replaces it is confirmed)."""
         try:
             await self._message.ack()
-        except _AMQP_ERRORS as exc:
+        except AMQP_ERRORS as exc:
             raise BrokerUnavailable(f"cannot acknowledge: {exc!r}") from None
 
 
@@ -108,7 +101,7 @@ class DeadLetterQueue:
                     connection = await aio_pika.connect(
                         url, client_properties={"connection_name": "servio-bridge redrive"}
                     )
-            except (*_AMQP_ERRORS, TimeoutError) as exc:
+            except (*AMQP_ERRORS, TimeoutError) as exc:
                 errors.append(repr(exc))
                 continue
             try:
@@ -117,7 +110,7 @@ class DeadLetterQueue:
             except aiormq.exceptions.ChannelNotFoundEntity:
                 await connection.close()
                 raise BrokerUnavailable(f"queue {self._name!r} does not exist") from None
-            except _AMQP_ERRORS as exc:
+            except AMQP_ERRORS as exc:
                 await connection.close()
                 errors.append(repr(exc))
                 continue
@@ -132,7 +125,7 @@ class DeadLetterQueue:
     ) -> None:
         # Unacknowledged messages go back to the queue when the connection closes.
         if self._connection is not None:
-            with contextlib.suppress(*_AMQP_ERRORS):
+            with contextlib.suppress(*AMQP_ERRORS):
                 await self._connection.close()
 
     async def take(self) -> DeadLetter | None:
@@ -140,7 +133,7 @@ class DeadLetterQueue:
         assert self._queue is not None
         try:
             message = await self._queue.get(no_ack=False, fail=False, timeout=self._timeout)
-        except (*_AMQP_ERRORS, TimeoutError) as exc:
+        except (*AMQP_ERRORS, TimeoutError) as exc:
             raise BrokerUnavailable(f"cannot read {self._name!r}: {exc!r}") from None
         if message is None:
             return None
@@ -156,6 +149,14 @@ class DeadLetterQueue:
         )
 
 
+async def _declare_exchange(channel: AbstractChannel, name: str) -> None:
+    await channel.declare_exchange(name, passive=True)
+
+
+async def _declare_queue(channel: AbstractChannel, name: str) -> None:
+    await channel.declare_queue(name, passive=True)
+
+
 def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -164,5 +165,5 @@ def _text(value: object) -> str:
 
 async def _close(channel: AbstractChannel) -> None:
     if not channel.is_closed:
-        with contextlib.suppress(*_AMQP_ERRORS):
+        with contextlib.suppress(*AMQP_ERRORS):
             await channel.close()

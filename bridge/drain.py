@@ -28,7 +28,6 @@ class Drain:
         self._publisher = publisher
         self._batch = batch
         self._idle = asyncio.Event()
-        self.published = 0
 
     async def run(self) -> None:
         """Drain until cancelled."""
@@ -44,7 +43,6 @@ class Drain:
             self._idle.clear()
             await self._publish(entries)
             await self._spool.remove(entries)
-            self.published += len(entries)
             after = entries[-1].seq
 
     async def _publish(self, entries: list[Entry]) -> None:

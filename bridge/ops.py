@@ -31,7 +31,7 @@ class BrokerStatus(Protocol):
 
 
 @dataclass
-class Gate:
+class ShutdownGate:
     """Counts webhooks in flight; once ``close``d, new ones are answered 503."""
 
     closed: bool = False
@@ -77,7 +77,7 @@ class Operations:
     broker: BrokerStatus
     spool: Spool | None
     metrics: Metrics
-    gate: Gate = field(default_factory=Gate)
+    gate: ShutdownGate = field(default_factory=ShutdownGate)
 
     def __post_init__(self) -> None:
         self.metrics.watch(self.state)

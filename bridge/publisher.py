@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -29,7 +29,7 @@ from bridge.topology import Topology
 log = structlog.get_logger("bridge.publisher")
 
 # OSError covers ConnectionError and TimeoutError; aiormq raises RuntimeError on a closed channel.
-_AMQP_ERRORS = (aiormq.exceptions.AMQPError, OSError, RuntimeError)
+AMQP_ERRORS = (aiormq.exceptions.AMQPError, OSError, RuntimeError)
 
 
 class Publisher(Protocol):
@@ -79,7 +79,6 @@ class AmqpPublisher:
         # aiormq gives up on a silent peer after (heartbeat + 1) * 3 seconds: 2 s notices a
         # vanished broker within ~9 s, so /readyz turns 503 before an operator wonders why.
         heartbeat: int = 2,
-        on_retry: Callable[[], None] | None = None,
         observer: PublishObserver | None = None,
         log_blocked: bool = True,
     ) -> None:
@@ -90,7 +89,6 @@ class AmqpPublisher:
         self._window = window
         self._confirm_timeout = confirm_timeout
         self._connect_timeout = connect_timeout
-        self._on_retry = on_retry
         self._observer = observer
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
@@ -181,8 +179,6 @@ class AmqpPublisher:
                     raise error
 
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
-        if self._on_retry is not None:
-            self._on_retry()
         if self._observer is not None:
             self._observer.retried()
         exc = state.outcome.exception() if state.outcome else None
@@ -194,7 +190,7 @@ class AmqpPublisher:
         """Publish ``messages``; return the unconfirmed ones and the first failure, if any."""
         try:
             channel = await (await self._ensure_channel()).get_underlay_channel()
-        except _AMQP_ERRORS as exc:
+        except AMQP_ERRORS as exc:
             await self._drop_channel()
             return messages, BrokerUnavailable(f"channel not open: {exc!r}")
         # The concrete aiormq channel: its basic_publish takes wait=, the abstract one does not.
@@ -289,7 +285,7 @@ class AmqpPublisher:
             assert self._connection is not None
             try:
                 channel = await self._connection.channel(publisher_confirms=True, on_return_raises=False)
-            except _AMQP_ERRORS as exc:
+            except AMQP_ERRORS as exc:
                 await self._drop_connection()
                 raise BrokerUnavailable(f"cannot open a channel: {exc!r}") from None
             self._channel = channel
@@ -305,20 +301,20 @@ class AmqpPublisher:
                     timeout=self._connect_timeout,
                     client_properties={"connection_name": self._name},
                 )
-            except _AMQP_ERRORS as exc:
+            except AMQP_ERRORS as exc:
                 errors.append(f"{_redacted(url)}: {exc!r}")
                 self._next_url = (self._next_url + 1) % len(self._urls)
                 continue
             try:
                 await self._declare(connection)
-            except _AMQP_ERRORS as exc:
+            except AMQP_ERRORS as exc:
                 await connection.close()
                 errors.append(f"{_redacted(url)}: declaring topology failed: {exc!r}")
                 self._next_url = (self._next_url + 1) % len(self._urls)
                 continue
             except asyncio.CancelledError:
                 # Shutting down mid-connect: do not leave a connection nobody will close.
-                with contextlib.suppress(*_AMQP_ERRORS):
+                with contextlib.suppress(*AMQP_ERRORS):
                     await asyncio.shield(connection.close())
                 raise
             self._connection = connection
@@ -360,14 +356,14 @@ class AmqpPublisher:
     async def _drop_channel(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
-            with contextlib.suppress(*_AMQP_ERRORS):
+            with contextlib.suppress(*AMQP_ERRORS):
                 await asyncio.wait_for(channel.close(), 2)
 
     async def _drop_connection(self) -> None:
         await self._drop_channel()
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:
-            with contextlib.suppress(*_AMQP_ERRORS):
+            with contextlib.suppress(*AMQP_ERRORS):
                 await asyncio.wait_for(connection.close(), 2)
 
 

@@ -54,29 +54,26 @@ RUNTIME = web.AppKey("runtime", Runtime)
 
 def build_service(settings: Settings) -> web.Application:
     """The app with its publisher (and spool and drain), opened and closed by cleanup_ctx."""
-    topology = build_topology(settings.exchange, settings.routing_key, declare_queues=settings.declare_queues)
-    spooled = settings.spool_dir is not None
     metrics = Metrics()
-    publisher: AmqpPublisher | ProcessPublisher
-    if spooled:
+    sink: Sink
+    if settings.spool_dir is not None:
         # The drain's publishing in a process of its own: it would otherwise take the listener's CPU.
-        publisher = ProcessPublisher(WorkerConfig.from_settings(settings), observer=metrics)
+        spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes)
+        publisher: AmqpPublisher | ProcessPublisher = ProcessPublisher(
+            WorkerConfig.from_settings(settings), observer=metrics
+        )
+        runtime = Runtime(publisher, spool, Drain(spool, publisher))
+        sink = SpoolSink(spool, on_fatal=runtime.fail)
     else:
         publisher = AmqpPublisher(
             settings.amqp_urls,
-            topology,
+            build_topology(settings.exchange, settings.routing_key, declare_queues=settings.declare_queues),
             name="servio-bridge",
             confirm_timeout=settings.publish_timeout,
             connect_timeout=min(5.0, settings.publish_timeout),
             observer=metrics,
         )
-    runtime = Runtime(publisher)
-    sink: Sink
-    if settings.spool_dir is not None:
-        runtime.spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes)
-        runtime.drain = Drain(runtime.spool, publisher)
-        sink = SpoolSink(runtime.spool, on_fatal=runtime.fail)
-    else:
+        runtime = Runtime(publisher)
         sink = DirectSink(publisher, timeout=settings.publish_timeout)
     app = build_app(settings, sink)
     app[RUNTIME] = runtime
@@ -112,10 +109,10 @@ def build_service(settings: Settings) -> web.Application:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    if spooled:
+    if runtime.spool is not None:
         app.cleanup_ctx.append(spool_ctx)
     app.cleanup_ctx.append(broker_ctx)
-    if spooled:
+    if runtime.drain is not None:
         app.cleanup_ctx.append(drain_ctx)
     return app
 
