@@ -245,12 +245,15 @@ async def main(args: argparse.Namespace) -> int:
                     ),
                 ]
                 for target, queue in runs:
+                    if args.only and target.name not in args.only:
+                        continue
                     result[target.name] = await measure(target, broker, queue, args)
                     print(f"round {n} {target.name}: {_line(result[target.name])}", flush=True)
-                result["pipelined_msg_s"] = await pipelined_publish(
-                    broker, f"{prefix}.pipelined", messages=args.fanout, in_flight=args.in_flight
-                )
-                print(f"round {n} pipelined publish: {result['pipelined_msg_s']:,.0f} msg/s", flush=True)
+                if not args.only or "pipelined" in args.only:
+                    result["pipelined_msg_s"] = await pipelined_publish(
+                        broker, f"{prefix}.pipelined", messages=args.fanout, in_flight=args.in_flight
+                    )
+                    print(f"round {n} pipelined publish: {result['pipelined_msg_s']:,.0f} msg/s", flush=True)
                 rounds.append(result)
             if args.outage:
                 outage_result = await outage(args, broker, prefix, tmp)
@@ -315,6 +318,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--amqp-url", default=os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     )
     parser.add_argument("--json", help="write every raw figure to this file")
+    parser.add_argument(
+        "--only",
+        type=lambda v: v.split(","),
+        default=[],
+        help="measure only these of ceiling,naive,bridge,pipelined (comma-separated; all by default)",
+    )
     return parser.parse_args(argv)
 
 

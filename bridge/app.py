@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
@@ -11,11 +11,14 @@ from importlib import resources
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from bridge.errors import InvalidBody, RequestError, TooLarge, Unavailable
-from bridge.guard import build_guard
+from bridge.guard import GUARDED_PREFIX, build_guard
 from bridge.limits import Gate, read_body
+from bridge.logs import request_line
 from bridge.message import DEFAULT_SOURCE, Delivery, build_invalid_body, build_messages
+from bridge.ops import OPERATIONS, RETRY_AFTER, WEBHOOK_PREFIX, Operations
 from bridge.payload import parse_payload
 from bridge.settings import Settings
 from bridge.sink import Sink
@@ -34,9 +37,7 @@ def build_app(settings: Settings, sink: Sink) -> web.Application:
     """The HTTP API of PRODUCT.md; storage and lifecycle are the caller's (``service``)."""
     app = web.Application(
         client_max_size=settings.max_body,
-        # The guard runs inside error_middleware (refusals become JSON) and before the handler
-        # (a refused body is never read).
-        middlewares=[request_log_middleware, error_middleware, build_guard(settings)],
+        middlewares=[build_edge(settings)],
     )
     app[SETTINGS] = settings
     app[SINK] = sink
@@ -53,7 +54,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     sink = request.app[SINK]
     source = request.match_info.get("source", DEFAULT_SOURCE)
-    delivery = Delivery(uuid.uuid4().hex, source, datetime.now(UTC))
+    # 128 random bits from the process's own generator (seeded from the OS): unique, and without
+    # the system call per request that os.urandom or uuid4 makes.
+    delivery = Delivery(f"{random.getrandbits(128):032x}", source, datetime.now(UTC))
     structlog.contextvars.bind_contextvars(delivery_id=delivery.delivery_id, source=source)
     raw = await read_body(request, max_body=settings.max_body, read_timeout=settings.read_timeout)
     async with request.app[GATE].turn():
@@ -101,10 +104,91 @@ async def openapi(_request: web.Request) -> web.Response:
     return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every refusal as a JSON body; 503 carries Retry-After."""
+def build_edge(settings: Settings) -> Middleware:
+    """The one middleware: everything around every request, in the order it must happen.
+
+    It clears the request's log context, runs the guard (before any body is read), turns webhooks
+    away once shutdown began (503 + ``Connection: close``) and counts those in flight, maps
+    refusals to JSON bodies (503 with Retry-After), answers an unexpected exception with a 500,
+    then records the request's metrics and writes its one log line, never with the query string.
+    One layer rather than five: each aiohttp middleware is another coroutine and wrapper per request.
+    """
+    guard = build_guard(settings)
+
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        # Keep-alive requests share a task and so its context: start each one clean.
+        structlog.contextvars.clear_contextvars()
+        ops = request.app.get(OPERATIONS)
+        path = request.path
+        status = 500
+        try:
+            response = await _guarded(request, handler, guard, ops, path)
+            status = response.status
+            return response
+        except ConnectionError:
+            # The client went away mid-request: nobody to answer, nothing went wrong here.
+            status = 499
+            raise
+        except web.HTTPException as exc:  # a redirect: aiohttp answers it
+            status = exc.status
+            raise
+        except Exception:
+            log.exception("request_failed", method=request.method, path=path)
+            return _json(
+                {"status": "error", "error": "internal_error", "detail": "internal error"}, status=500
+            )
+        finally:
+            if ops is not None:
+                resource = request.match_info.route.resource
+                ops.metrics.request(
+                    resource.canonical if resource is not None else "unmatched", time.perf_counter() - started
+                )
+                if resource is not None and path.startswith(WEBHOOK_PREFIX):
+                    ops.metrics.webhook(status, request.match_info.get("source", DEFAULT_SOURCE))
+            request_line(
+                "bridge.http",
+                "request",
+                {
+                    "method": request.method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+            )
+            structlog.contextvars.clear_contextvars()
+
+    return edge
+
+
+async def _guarded(
+    request: web.Request,
+    handler: Handler,
+    guard: Callable[[web.Request], None],
+    ops: Operations | None,
+    path: str,
+) -> web.StreamResponse:
+    """The handler behind the guard and the shutdown gate; refusals as JSON bodies."""
     try:
+        if path.startswith(GUARDED_PREFIX):
+            guard(request)
+            if ops is not None and path.startswith(WEBHOOK_PREFIX):
+                if ops.gate.closed:
+                    return _json(
+                        {
+                            "status": "error",
+                            "error": "shutting_down",
+                            "detail": "the bridge is shutting down",
+                        },
+                        status=503,
+                        headers={"Retry-After": str(RETRY_AFTER), "Connection": "close"},
+                    )
+                ops.gate.enter()
+                try:
+                    return await handler(request)
+                finally:
+                    ops.gate.leave()
         return await handler(request)
     except RequestError as exc:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
@@ -119,35 +203,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _json(
             {"status": "error", "error": code, "detail": exc.reason}, status=exc.status, headers=headers
         )
-
-
-@web.middleware
-async def request_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One line per request, with the delivery_id bound by the handler; never the query string."""
-    started = time.perf_counter()
-    # Keep-alive requests share a task and so its context: start each one clean.
-    structlog.contextvars.clear_contextvars()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except ConnectionError:
-        # The client went away mid-request: nobody to answer, nothing went wrong here.
-        status = 499
-        raise
-    except Exception:
-        log.exception("request_failed", method=request.method, path=request.path)
-        return _json({"status": "error", "error": "internal_error", "detail": "internal error"}, status=500)
-    finally:
-        log.info(
-            "request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        structlog.contextvars.clear_contextvars()
 
 
 def _json(

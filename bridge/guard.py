@@ -1,6 +1,6 @@
 """Who may post a webhook: the address allow-list first, then the shared token.
 
-Both are checked by a middleware before the handler runs, so a refused request's body is never
+Both are checked at the request's edge before the handler runs, so a refused request's body is never
 read, spooled or dead-lettered. Servio can only send a URL, so the token rides in ``?token=``;
 ``Authorization: Bearer`` is accepted too. The token is compared in constant time and never logged.
 """
@@ -10,48 +10,47 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Middleware
 
 from bridge.errors import Forbidden, Unauthorized
 from bridge.settings import Network, Settings
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Everything under this prefix is guarded, matched route or not: a scanner learns nothing.
 GUARDED_PREFIX = "/webhooks"
 
 
-def build_guard(settings: Settings) -> Middleware:
-    """The middleware enforcing BRIDGE_ALLOW_FROM, BRIDGE_TRUSTED_PROXIES and BRIDGE_TOKEN."""
+def build_guard(settings: Settings) -> Callable[[web.Request], None]:
+    """The check enforcing BRIDGE_ALLOW_FROM, BRIDGE_TRUSTED_PROXIES and BRIDGE_TOKEN.
+
+    The returned function raises ``Forbidden`` or ``Unauthorized`` for a request under
+    ``/webhooks`` that may not post; the request edge calls it before the handler runs.
+    """
     token_digest = _digest(settings.token) if settings.token else None
 
-    @web.middleware
-    async def guard_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(GUARDED_PREFIX):
-            if settings.allow_from:
-                client = client_address(
-                    _peer(request), request.headers.getall(hdrs.X_FORWARDED_FOR, []), settings.trusted_proxies
-                )
-                if client is None or not _within(client, settings.allow_from):
-                    structlog.contextvars.bind_contextvars(client=str(client), refused="address")
-                    raise Forbidden("address_not_allowed", "this address may not post webhooks")
-            if token_digest is not None:
-                presented = presented_tokens(
-                    request.query.getall("token", []), request.headers.getall(hdrs.AUTHORIZATION, [])
-                )
-                if not presented:
-                    structlog.contextvars.bind_contextvars(refused="token_missing")
-                    raise Unauthorized("token_missing", "a token is required (?token= or Bearer)")
-                if not token_matches(presented, token_digest):
-                    structlog.contextvars.bind_contextvars(refused="token_wrong")
-                    raise Unauthorized("token_wrong", "the token is wrong")
-        return await handler(request)
+    def guard(request: web.Request) -> None:
+        if settings.allow_from:
+            client = client_address(
+                _peer(request), request.headers.getall(hdrs.X_FORWARDED_FOR, []), settings.trusted_proxies
+            )
+            if client is None or not _within(client, settings.allow_from):
+                structlog.contextvars.bind_contextvars(client=str(client), refused="address")
+                raise Forbidden("address_not_allowed", "this address may not post webhooks")
+        if token_digest is not None:
+            presented = presented_tokens(
+                request.query.getall("token", []), request.headers.getall(hdrs.AUTHORIZATION, [])
+            )
+            if not presented:
+                structlog.contextvars.bind_contextvars(refused="token_missing")
+                raise Unauthorized("token_missing", "a token is required (?token= or Bearer)")
+            if not token_matches(presented, token_digest):
+                structlog.contextvars.bind_contextvars(refused="token_wrong")
+                raise Unauthorized("token_wrong", "the token is wrong")
 
-    return guard_middleware
+    return guard
 
 
 def presented_tokens(query_tokens: Sequence[str], authorizations: Sequence[str]) -> list[str]:

@@ -44,6 +44,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._seen: dict[str, set[str]] = {}
+        # Label children by their raw values: ``labels()`` validates and locks on every call.
+        self._webhook_children: dict[tuple[int, str], Counter] = {}
+        self._route_children: dict[str, Histogram] = {}
         r = self.registry
         self.webhooks_received = Counter(
             f"{PREFIX}_webhooks_received",
@@ -101,10 +104,18 @@ class Metrics:
         return value
 
     def webhook(self, status: int, source: str) -> None:
-        self.webhooks_received.labels(str(status), self.label("source", source)).inc()
+        child = self._webhook_children.get((status, source))
+        if child is None:
+            child = self.webhooks_received.labels(str(status), self.label("source", source))
+            if len(self._webhook_children) < MAX_LABEL_VALUES * 4:
+                self._webhook_children[(status, source)] = child
+        child.inc()
 
     def request(self, route: str, seconds: float) -> None:
-        self.request_latency.labels(route).observe(seconds)
+        child = self._route_children.get(route)
+        if child is None:
+            child = self._route_children[route] = self.request_latency.labels(route)
+        child.observe(seconds)
 
     # -- the publisher's observer ----------------------------------------------------------
 

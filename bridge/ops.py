@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiohttp import web
 
-from bridge.message import DEFAULT_SOURCE
 from bridge.metrics import CONTENT_TYPE, Metrics, State
 from bridge.spool import Spool
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WEBHOOK_PREFIX = "/webhooks/"
 RETRY_AFTER = 5
 
@@ -111,14 +108,11 @@ OPERATIONS = web.AppKey("operations", Operations)
 
 
 def install_operations(app: web.Application, operations: Operations) -> None:
-    """Add /readyz, /metrics, request metrics and the shutdown gate to ``app`` (before it starts)."""
+    """Add /readyz and /metrics to ``app`` (before it starts); with ``operations`` in the app, its
+    request edge (``bridge.app.build_edge``) counts every request and applies the shutdown gate."""
     app[OPERATIONS] = operations
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    # Outermost: sees the final status of every request, refusals included.
-    app.middlewares.insert(0, metrics_middleware)
-    # Innermost: the request log still writes its line for a request turned away.
-    app.middlewares.append(gate_middleware)
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -139,43 +133,3 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
     return web.Response(body=request.app[OPERATIONS].metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Time every request by route; count webhooks by status and source."""
-    ops = request.app[OPERATIONS]
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        ops.metrics.request(route, time.perf_counter() - started)
-        if request.path.startswith(WEBHOOK_PREFIX) and resource is not None:
-            ops.metrics.webhook(status, request.match_info.get("source", DEFAULT_SOURCE))
-
-
-@web.middleware
-async def gate_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Webhooks get 503 once shutdown began; those already in flight are counted until they finish."""
-    if not request.path.startswith(WEBHOOK_PREFIX):
-        return await handler(request)
-    gate = request.app[OPERATIONS].gate
-    if gate.closed:
-        return web.json_response(
-            {"status": "error", "error": "shutting_down", "detail": "the bridge is shutting down"},
-            status=503,
-            headers={"Retry-After": str(RETRY_AFTER), "Connection": "close"},
-        )
-    gate.enter()
-    try:
-        return await handler(request)
-    finally:
-        gate.leave()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from bridge.topology import build_topology
 from bridge.worker import ProcessPublisher, WorkerConfig
 
 log = structlog.get_logger("bridge.service")
+SWITCH_INTERVAL = 0.0005
 MAX_HEADERS = 64
 LINGERING_TIME = 2.0
 
@@ -209,6 +211,7 @@ def run(settings: Settings, shutdown_trigger: Awaitable[object] | None = None) -
     """Serve on uvloop; returns the process exit code."""
     import uvloop
 
+    sys.setswitchinterval(SWITCH_INTERVAL)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
             return runner.run(serve(settings, shutdown_trigger=shutdown_trigger))

@@ -51,7 +51,7 @@ class Settings:
     # separately its body: a slow or silent client is cut off rather than holding a slot.
     read_timeout: float = 15.0
     max_header_size: int = 8190
-    max_concurrent: int = 16
+    max_concurrent: int = 64
     shutdown_timeout: float = 10.0
     publish_timeout: float = 10.0
     declare_queues: bool = True

@@ -1,16 +1,21 @@
 """The durable spool: accepted messages on disk (fsynced) until RabbitMQ confirms them.
 
-SQLite in WAL mode with ``synchronous=FULL``, written by one thread that commits whatever
-has queued up since its last commit in one transaction (group commit): concurrent webhooks
-share one fsync. The drain reads batches in order on a second connection.
+SQLite in WAL mode. Each append is one small transaction written on the event loop's own thread
+(SQLite's ``synchronous=OFF``: into the page cache, no fsync), and ``append`` returns only once the
+syncer thread's next ``fdatasync`` of the WAL file covers it: every append made while one fsync
+runs shares the next one (group commit), and the thread needs the GIL only twice per fsync.
+Checkpoints, which copy the WAL into the database file, run on a connection of their own with
+``synchronous=FULL``, so the WAL is only ever reused once its pages are synced in the database.
+The drain reads batches in order on a third connection. See docs/spool.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import fcntl
 import os
-import queue
 import sqlite3
 import threading
 import time
@@ -29,6 +34,8 @@ SCHEMA_VERSION = 1
 FILE_NAME = "spool.sqlite3"
 # Bytes counted per entry on top of its record: the row's own cost in the file, roughly.
 ENTRY_OVERHEAD = 64
+# Seconds between checkpoints (each copies what the WAL holds into the database file).
+CHECKPOINT_EVERY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +52,6 @@ class SpoolStats:
     oldest: float | None
 
 
-@dataclass(slots=True)
-class _Job:
-    """One unit of work for the writer thread; ``future`` belongs to the event loop."""
-
-    records: Sequence[bytes] = ()
-    remove: Sequence[int] = ()
-    future: asyncio.Future[None] | None = None
-
-
 class Spool:
     """Append, read in order, remove after confirm. One process per directory (flock).
 
@@ -68,22 +66,38 @@ class Spool:
         self._max_bytes = max_bytes
         self._retry_after = retry_after
         self._lock_file: IO[bytes] | None = None
+        self._writer: sqlite3.Connection | None = None  # the event loop's thread only
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        self._wal_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Transactions written, and the newest one the syncer was asked to make durable; the
+        # futures of appends waiting for a sync, oldest first, by their transaction number.
+        self._written = 0
+        self._wanted = 0
+        self._closing = False
+        self._wake = threading.Condition()
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._threads: list[threading.Thread] = []
+        # Appends not yet written: their rows and futures; whether a flush or an fsync is under way.
+        self._pending_rows: list[tuple[bytes, float]] = []
+        self._pending: list[asyncio.Future[None]] = []
+        self._flush_scheduled = False
+        self._syncing = False
+        self._stopping = threading.Event()
         self._entries = 0
         self._bytes = 0
-        self._reserved = 0
         self._failed: SpoolError | None = None
         self.appended = asyncio.Event()
-        self.commits = 0
+        self.commits_covered = 0  # the newest transaction the last fsync made durable
+        self.commits = 0  # fsyncs of the WAL: each makes every append before it durable
+        self.checkpoints = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open (or create) the spool, check it, and start the writer thread."""
+        """Open (or create) the spool, check it, and start the syncer and checkpointer threads."""
         try:
             self._open()
         except BaseException:
@@ -100,44 +114,63 @@ class Spool:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise SpoolError(f"spool {self.directory} is in use by another process") from None
-        writer = self._connect(check_same_thread=False)  # handed to the writer thread
-        try:
-            self._check(writer)
-            self._reader = self._connect(check_same_thread=False)
-            row = self._reader.execute(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(record)), 0) FROM spool"
-            ).fetchone()
-        except BaseException:
-            writer.close()
-            raise
+        self._writer = self._connect(synchronous="FULL")
+        self._check(self._writer)
+        # From here the writer leaves durability to the syncer, and checkpoints to the
+        # checkpointer's FULL connection (a checkpoint on an OFF connection skips its fsyncs).
+        self._writer.execute("PRAGMA synchronous=OFF")
+        self._writer.execute("PRAGMA wal_autocheckpoint=0")
+        self._reader = self._connect(check_same_thread=False)
+        self._checkpointer = self._connect(check_same_thread=False, synchronous="FULL")
+        row = self._reader.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(record)), 0) FROM spool").fetchone()
         self._entries, record_bytes = int(row[0]), int(row[1])
         self._bytes = record_bytes + self._entries * ENTRY_OVERHEAD
+        try:
+            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SpoolError(f"spool WAL file of {self.path} cannot be opened: {exc}") from None
         self._loop = asyncio.get_running_loop()
-        self._writer = threading.Thread(
-            target=self._write_loop, args=(writer,), name="spool-writer", daemon=True
-        )
-        self._writer.start()
+        for target, name in (
+            (self._sync_loop, "spool-syncer"),
+            (self._checkpoint_loop, "spool-checkpointer"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         log.info("spool_opened", path=str(self.path), entries=self._entries, bytes=self._bytes)
 
     def close(self) -> None:
-        """Stop the writer after what it has queued; release the directory."""
+        """Sync what was written, stop the threads, checkpoint, and release the directory."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify_all()
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
+        for conn in (self._reader, self._checkpointer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._checkpointer = None
         if self._writer is not None:
-            self._jobs.put(None)
-            self._writer.join()
+            # The last connection to close checkpoints the WAL into the file and deletes it: with
+            # FULL, that checkpoint syncs the file before the WAL goes.
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.execute("PRAGMA synchronous=FULL")
+            self._writer.close()
             self._writer = None
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
 
-    def _connect(self, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    def _connect(self, *, check_same_thread: bool = True, synchronous: str = "NORMAL") -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=check_same_thread)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: every commit is fsynced before append() returns, so a 200 survives power loss.
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise SpoolCorrupt(f"spool file {self.path} cannot be opened: {exc}") from None
@@ -198,28 +231,93 @@ class Spool:
         if self._failed is not None:
             raise self._failed
         size = sum(len(r) for r in records) + ENTRY_OVERHEAD * len(records)
-        if self._bytes + self._reserved + size > self._max_bytes:
+        if self._bytes + size > self._max_bytes:
             raise SpoolFull(
                 "spool_full",
                 f"the spool holds {self._bytes} bytes, its bound is {self._max_bytes}",
                 self._retry_after,
             )
-        self._reserved += size
-        try:
-            await self._submit(_Job(records=records))
-        finally:
-            self._reserved -= size
+        now = time.time()
+        self._pending_rows.extend((r, now) for r in records)
         self._entries += len(records)
         self._bytes += size
+        assert self._loop is not None
+        durable = self._loop.create_future()
+        self._pending.append(durable)
+        if not self._syncing and not self._flush_scheduled:
+            # The appends of this loop iteration go in one transaction; while an fsync runs,
+            # everything appended meanwhile waits for it to end and goes in the next one.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        await durable
         self.appended.set()
 
     async def remove(self, entries: Sequence[Entry]) -> None:
-        """Forget entries RabbitMQ has confirmed."""
+        """Forget entries RabbitMQ has confirmed.
+
+        Not waited for on disk: a crash before the next fsync brings them back, and they are
+        published again with the same message_ids (at least once).
+        """
         if not entries:
             return
-        await self._submit(_Job(remove=[e.seq for e in entries]))
+        first, last = entries[0].seq, entries[-1].seq
+        if last - first + 1 == len(entries):
+            # A batch as read is every seq in its range: seqs only grow, and one thread writes.
+            self._write("DELETE FROM spool WHERE seq BETWEEN ? AND ?", [(first, last)])
+        else:
+            self._write("DELETE FROM spool WHERE seq = ?", [(e.seq,) for e in entries])
         self._entries -= len(entries)
         self._bytes -= sum(len(e.record) + ENTRY_OVERHEAD for e in entries)
+
+    def _write(self, statement: str, rows: Sequence[tuple[object, ...]]) -> None:
+        """One transaction on the event loop's thread: into the page cache, made durable by the syncer."""
+        if self._failed is not None:
+            raise self._failed
+        if self._writer is None:
+            raise SpoolError("spool is closed")
+        try:
+            self._writer.execute("BEGIN IMMEDIATE")
+            self._writer.executemany(statement, rows)
+            self._writer.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.execute("ROLLBACK")
+            # A failed write leaves the file in a state we cannot vouch for (the lesson of
+            # PostgreSQL's fsync bug): refuse everything from now on.
+            raise self._fail(SpoolError(f"spool write failed: {exc}")) from None
+        self._written += 1
+
+    def _flush(self) -> None:
+        """Write what was appended since the last fsync in one transaction, and have it synced."""
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        rows, futures = self._pending_rows, self._pending
+        self._pending_rows, self._pending = [], []
+        try:
+            self._write("INSERT INTO spool (record, created) VALUES (?, ?)", rows)
+        except SpoolError as exc:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self._waiting.extend((self._written, f) for f in futures)
+        self._syncing = True
+        with self._wake:
+            self._wanted = self._written
+            self._wake.notify()
+
+    def _fail(self, error: SpoolError) -> SpoolError:
+        if self._failed is None:
+            self._failed = error
+            log.critical("spool_write_failed", error=str(error), pid=os.getpid())
+        pending, self._pending, self._pending_rows = self._pending, [], []
+        while self._waiting:
+            pending.append(self._waiting.popleft()[1])
+        for future in pending:
+            if not future.done():
+                future.set_exception(self._failed)
+        return self._failed
 
     async def read(self, *, after: int, limit: int) -> list[Entry]:
         """Up to ``limit`` entries with seq > ``after``, oldest first.
@@ -248,70 +346,48 @@ class Spool:
             row = self._reader.execute("SELECT created FROM spool ORDER BY seq LIMIT 1").fetchone()
         return None if row is None else float(row[0])
 
-    async def _submit(self, job: _Job) -> None:
-        assert self._loop is not None
-        if self._writer is None:
-            raise SpoolError("spool is closed")
-        job.future = self._loop.create_future()
-        self._jobs.put(job)
-        await job.future
+    # -- the syncer and checkpointer threads ------------------------------------------------
 
-    # -- the writer thread ---------------------------------------------------------------
-
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
-        try:
-            while True:
-                first = self._jobs.get()
-                if first is None:
+    def _sync_loop(self) -> None:
+        while True:
+            with self._wake:
+                while self._wanted <= self.commits_covered and not self._closing:
+                    self._wake.wait()
+                target = self._wanted
+                if target <= self.commits_covered:  # closing, and nothing left to sync
                     return
-                jobs = [first]
-                stop = False
-                while True:
-                    try:
-                        more = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stop = True
-                        break
-                    jobs.append(more)
-                self._commit(conn, jobs)
-                if stop:
-                    return
-        finally:
-            conn.close()
-
-    def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
-        error: SpoolError | None = self._failed
-        if error is None:
-            now = time.time()
+            assert self._wal_fd is not None
+            assert self._loop is not None
+            error = None
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                for job in jobs:
-                    if job.records:
-                        conn.executemany(
-                            "INSERT INTO spool (record, created) VALUES (?, ?)",
-                            [(r, now) for r in job.records],
-                        )
-                    if job.remove:
-                        conn.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in job.remove])
-                conn.execute("COMMIT")
-                self.commits += 1
+                os.fdatasync(self._wal_fd)
+            except OSError as exc:
+                error = SpoolError(f"spool fsync failed: {exc}")
+            self.commits += 1
+            self.commits_covered = target
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                self._loop.call_soon_threadsafe(self._settle, target, error)
+
+    def _settle(self, covered: int, error: SpoolError | None) -> None:
+        self._syncing = False
+        if error is not None:
+            self._fail(error)
+            return
+        while self._waiting and self._waiting[0][0] <= covered:
+            _, future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+        self._flush()
+
+    def _checkpoint_loop(self) -> None:
+        """Copy the WAL into the database file now and then, without ever blocking the writer."""
+        assert self._checkpointer is not None
+        while True:
+            closing = self._stopping.wait(CHECKPOINT_EVERY)
+            try:
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                self.checkpoints += 1
             except sqlite3.Error as exc:
-                # A failed write or fsync leaves the file in a state we cannot vouch for (the
-                # lesson of PostgreSQL's fsync bug): refuse everything from now on.
-                error = SpoolError(f"spool write failed: {exc}")
-                self._failed = error
-                log.critical("spool_write_failed", error=str(exc), pid=os.getpid())
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(_settle, [job.future for job in jobs], error)
-
-
-def _settle(futures: list[asyncio.Future[None] | None], error: SpoolError | None) -> None:
-    for future in futures:
-        if future is None or future.done():
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+                log.warning("spool_checkpoint_failed", error=str(exc))
+            if closing:
+                return

@@ -217,6 +217,7 @@ async def _serve(fd: int) -> None:
     if first is None:
         return
     _die_with_parent(first["parent"])
+    os.nice(10)
     # JSON made the tuples lists.
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in first["config"].items()}
     config = WorkerConfig(**fields)
