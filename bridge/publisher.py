@@ -16,10 +16,13 @@ from typing import Any, Protocol
 
 import aio_pika
 import aiormq
+import pamqp.frame
 import structlog
 import tenacity
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq import spec
+from aiormq.abc import ChannelFrame
+from pamqp.header import ContentHeader
 from yarl import URL
 
 from bridge.errors import BrokerError, BrokerUnavailable, ConfirmTimeout, MessageNacked, MessageReturned
@@ -193,76 +196,82 @@ class AmqpPublisher:
         except AMQP_ERRORS as exc:
             await self._drop_channel()
             return messages, BrokerUnavailable(f"channel not open: {exc!r}")
-        # The concrete aiormq channel: its basic_publish takes wait=, the abstract one does not.
         assert isinstance(channel, aiormq.Channel)
         timeout = self._confirm_timeout
         if deadline is not None:
             timeout = max(0.05, min(timeout, deadline - time.monotonic()))
-        confirmed = [False] * len(messages)
-        failures: list[BaseException] = []
-        window = asyncio.Semaphore(self._window)
-        pending: dict[str, asyncio.Task[None]] = {}
-        tasks: list[asyncio.Task[None]] = []
-
-        async def one(index: int, message: Outbound) -> None:
-            try:
-                await self._publish_one(channel, message, timeout)
-                confirmed[index] = True
-            except BaseException as exc:  # noqa: BLE001 - every failure must end this attempt
-                failures.append(exc)
-            finally:
-                window.release()
-
-        for index, message in enumerate(messages):
-            earlier = pending.get(message.order_key)
-            if earlier is not None:
-                await asyncio.wait([earlier])
-            if failures:
-                break
-            await window.acquire()
-            if failures:
-                window.release()
-                break
-            task = asyncio.create_task(one(index, message))
-            pending[message.order_key] = task
-            tasks.append(task)
-        if tasks:
-            await asyncio.wait(tasks)
-        if not failures:
+        batch = _Batch(messages, self._observer)
+        try:
+            await self._send_all(channel, batch, timeout)
+        except AMQP_ERRORS as exc:
+            batch.fail(exc)
+        if batch.failure is None:
             return [], None
-        left = [m for m, ok in zip(messages, confirmed, strict=True) if not ok]
-        err = _translate(failures[0])
+        left = [m for m, ok in zip(messages, batch.confirmed, strict=True) if not ok]
+        err = _translate(batch.failure)
         if not isinstance(err, MessageNacked | MessageReturned):
             # The channel may still hold unconfirmed publishes: a fresh one avoids a second
             # pending publish of the same message_id (aio-pika issue 689).
             await self._drop_channel()
         return left, err
 
-    async def _publish_one(self, channel: aiormq.Channel, message: Outbound, within: float) -> None:
-        # aiormq's basic_publish directly: aio_pika.Message and Exchange.publish cost more
-        # than the frames themselves. wait=False: the confirm proves the frames were written.
-        sent = time.monotonic()
-        result = await channel.basic_publish(
-            message.body,
-            exchange=message.exchange,
-            routing_key=message.routing_key,
-            properties=spec.Basic.Properties(
-                content_type=message.content_type,
-                delivery_mode=message.delivery_mode,
-                app_id=message.app_id,
-                message_id=message.message_id,
-                timestamp=self._timestamp(message.timestamp),
-                headers=dict(message.headers) if message.headers else None,
-            ),
-            mandatory=True,
-            timeout=within,
-            wait=False,
+    async def _send_all(self, channel: aiormq.Channel, batch: _Batch, confirm_within: float) -> None:
+        """Write the batch in chunks of what the window and the order rule allow, one write per
+        chunk, and wait for confirms in between: aiormq's ``basic_publish`` costs a lock, a
+        timeout, a queue hop and a socket write per message, more than RabbitMQ's own work."""
+        messages = batch.messages
+        next_index = 0
+        while next_index < len(messages) or batch.inflight:
+            if batch.failure is not None:
+                if not isinstance(batch.failure, TimeoutError):
+                    # Let what is in flight settle first: its retry must not be pending twice.
+                    await batch.wait_settled(confirm_within)
+                return
+            chunk: list[bytes] = []
+            while next_index < len(messages) and len(batch.inflight) < self._window:
+                message = messages[next_index]
+                if message.order_key in batch.keys:
+                    break  # an earlier message of this (entity, ID) is not confirmed yet
+                chunk.append(self._frames(channel, message))
+                batch.track(next_index, self._register(channel, message))
+                next_index += 1
+            if chunk:
+                channel.write_queue.put_nowait(ChannelFrame(payload=b"".join(chunk), should_close=False))
+            oldest = min(sent for _, sent in batch.inflight.values())
+            if not await batch.wait_progress(max(0.0, oldest + confirm_within - time.monotonic())):
+                batch.fail(TimeoutError())
+
+    def _register(self, channel: aiormq.Channel, message: Outbound) -> asyncio.Future[Any]:
+        """What ``basic_publish`` does before writing: the next delivery tag, and the future its
+        confirm (or a basic.return of this message_id) resolves."""
+        channel.delivery_tag += 1
+        tag = channel.delivery_tag
+        confirmation: asyncio.Future[Any] = channel.create_future()
+        channel.confirmations[tag] = confirmation
+        channel.message_id_delivery_tag[message.message_id] = tag
+
+        def forget(_: asyncio.Future[Any]) -> None:
+            if channel.message_id_delivery_tag.get(message.message_id) == tag:
+                del channel.message_id_delivery_tag[message.message_id]
+
+        confirmation.add_done_callback(forget)
+        return confirmation
+
+    def _frames(self, channel: aiormq.Channel, message: Outbound) -> bytes:
+        properties = spec.Basic.Properties(
+            content_type=message.content_type,
+            delivery_mode=message.delivery_mode,
+            app_id=message.app_id,
+            message_id=message.message_id,
+            timestamp=self._timestamp(message.timestamp),
+            headers=dict(message.headers) if message.headers else None,
         )
-        # With confirms on and on_return_raises off, a basic.return comes back as the result.
-        if isinstance(result, aiormq.abc.DeliveredMessage):
-            raise MessageReturned(f"unroutable: {message.exchange!r} {message.routing_key!r}")
-        if self._observer is not None:
-            self._observer.confirmed(message, time.monotonic() - sent)
+        frames: list[Any] = [
+            spec.Basic.Publish(exchange=message.exchange, routing_key=message.routing_key, mandatory=True),
+            ContentHeader(properties=properties, body_size=len(message.body)),
+            *channel._split_body(message.body),
+        ]
+        return b"".join(pamqp.frame.marshal(frame, channel.number) for frame in frames)
 
     def _timestamp(self, seconds: int) -> datetime:
         # pamqp wants a datetime; the messages of one batch mostly share their second.
@@ -365,6 +374,71 @@ class AmqpPublisher:
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(*AMQP_ERRORS):
                 await asyncio.wait_for(connection.close(), 2)
+
+
+class _Batch:
+    """One ``publish`` attempt's account: what is in flight, confirmed, or failed."""
+
+    def __init__(self, messages: list[Outbound], observer: PublishObserver | None) -> None:
+        self.messages = messages
+        self.confirmed = [False] * len(messages)
+        self.inflight: dict[int, tuple[asyncio.Future[Any], float]] = {}
+        self.keys: set[str] = set()
+        self.failure: BaseException | None = None
+        self._observer = observer
+        self._progress = asyncio.Event()
+
+    def track(self, index: int, confirmation: asyncio.Future[Any]) -> None:
+        sent = time.monotonic()
+        self.inflight[index] = (confirmation, sent)
+        self.keys.add(self.messages[index].order_key)
+        confirmation.add_done_callback(lambda future: self._settle(index, future, sent))
+
+    def _settle(self, index: int, future: asyncio.Future[Any], sent: float) -> None:
+        if self.inflight.pop(index, None) is None:
+            return
+        message = self.messages[index]
+        self.keys.discard(message.order_key)
+        self._progress.set()
+        if future.cancelled():
+            self.fail(asyncio.CancelledError())
+            return
+        result = future.exception() or future.result()
+        if isinstance(result, BaseException):
+            self.fail(result)
+        elif isinstance(result, aiormq.abc.DeliveredMessage):
+            # With confirms on and on_return_raises off, a basic.return comes back as the result.
+            self.fail(MessageReturned(f"unroutable: {message.exchange!r} {message.routing_key!r}"))
+        else:
+            self.confirmed[index] = True
+            if self._observer is not None:
+                self._observer.confirmed(message, time.monotonic() - sent)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+        self._progress.set()
+
+    async def wait_settled(self, within: float) -> None:
+        """Wait up to ``within`` seconds for every message in flight to be confirmed or refused."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while self.inflight:
+                    self._progress.clear()
+                    await self._progress.wait()
+
+    async def wait_progress(self, within: float) -> bool:
+        """Wait up to ``within`` seconds for a confirm or a failure; False on timeout."""
+        if self._progress.is_set():
+            self._progress.clear()
+            return True
+        try:
+            async with asyncio.timeout(within):
+                await self._progress.wait()
+        except TimeoutError:
+            return False
+        self._progress.clear()
+        return True
 
 
 def _translate(exc: BaseException) -> BrokerError:
