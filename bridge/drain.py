@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
+from typing import Protocol
 
 import structlog
 
-from bridge.errors import BrokerError, SpoolCorrupt
-from bridge.message import decode_record
-from bridge.publisher import Publisher
+from bridge.errors import BrokerError
 from bridge.spool import Entry, Spool
 
 log = structlog.get_logger("bridge.drain")
+
+
+class RecordPublisher(Protocol):
+    """Publishes spool records as they are (``bridge.worker.ProcessPublisher``)."""
+
+    async def publish_records(self, records: Sequence[bytes], *, deadline: float | None = None) -> None:
+        """Return once every record is confirmed.
+
+        Raises:
+            BrokerError: they could not all be published; the drain tries again.
+            SpoolCorrupt: a record cannot be decoded.
+        """
+        ...
 
 
 class Drain:
@@ -23,7 +36,7 @@ class Drain:
     a later batch never overtakes an earlier one.
     """
 
-    def __init__(self, spool: Spool, publisher: Publisher, *, batch: int = 512) -> None:
+    def __init__(self, spool: Spool, publisher: RecordPublisher, *, batch: int = 512) -> None:
         self._spool = spool
         self._publisher = publisher
         self._batch = batch
@@ -46,13 +59,10 @@ class Drain:
             after = entries[-1].seq
 
     async def _publish(self, entries: list[Entry]) -> None:
-        try:
-            messages = [decode_record(e.record) for e in entries]
-        except ValueError as exc:
-            raise SpoolCorrupt(f"spool entry cannot be decoded: {exc}") from None
+        records = [e.record for e in entries]
         while True:
             try:
-                await self._publisher.publish(messages)
+                await self._publisher.publish_records(records)
                 return
             except BrokerError as exc:  # the publishing process died mid-batch: a new one takes it again
                 log.warning("drain_publish_failed", error=str(exc))

@@ -7,8 +7,9 @@ the gauges (spool depth, broker state) are read from the running parts at scrape
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -121,19 +122,26 @@ class Metrics:
 
     def confirmed(self, message: Outbound, seconds: float) -> None:
         self.confirm_latency.observe(seconds)
-        if message.exchange == "":
-            self.dead_letters.labels(self.label("reason", message.headers.get("reason", "unknown"))).inc()
+        self._count_confirmed(confirm_key(message), 1)
+
+    def confirmed_batch(self, counts: Iterable[Sequence[Any]], latencies: Iterable[float]) -> None:
+        """A batch confirmed in the publishing process: ``confirm_key`` tuples, each with a count
+        as its last item, and every message's confirm latency."""
+        for seconds in latencies:
+            self.confirm_latency.observe(seconds)
+        for *key, n in counts:
+            self._count_confirmed(tuple(str(k) for k in key), int(n))
+
+    def _count_confirmed(self, key: tuple[str, ...], n: int) -> None:
+        if key[0] == "dead":
+            self.dead_letters.labels(self.label("reason", key[1])).inc(n)
             return
-        self.messages_published.labels(self.label("routing_key", message.routing_key)).inc()
-        try:
-            body = orjson.loads(message.body)
-            action, entity = str(body["action"]), str(body["entity"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            return
-        if action not in KNOWN_ACTIONS:
-            self.unknown_names.labels("action", self.label("unknown", action)).inc()
-        if entity not in KNOWN_ENTITIES:
-            self.unknown_names.labels("entity", self.label("unknown", entity)).inc()
+        _, routing_key, action, entity = key
+        self.messages_published.labels(self.label("routing_key", routing_key)).inc(n)
+        if action:
+            self.unknown_names.labels("action", self.label("unknown", action)).inc(n)
+        if entity:
+            self.unknown_names.labels("entity", self.label("unknown", entity)).inc(n)
 
     def retried(self) -> None:
         self.publish_retries.inc()
@@ -141,6 +149,25 @@ class Metrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of everything above."""
         return generate_latest(self.registry)
+
+
+def confirm_key(message: Outbound) -> tuple[str, ...]:
+    """What a confirmed message counts as: ``("dead", reason)``, or ``("published", routing_key,
+    action, entity)`` with action and entity "" unless they are undocumented names."""
+    if message.exchange == "":
+        return ("dead", message.headers.get("reason", "unknown"))
+    action = entity = ""
+    try:
+        body = orjson.loads(message.body)
+        action, entity = str(body["action"]), str(body["entity"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        pass
+    return (
+        "published",
+        message.routing_key,
+        "" if action in KNOWN_ACTIONS else action,
+        "" if entity in KNOWN_ENTITIES else entity,
+    )
 
 
 class _StateCollector(Collector):

@@ -61,10 +61,9 @@ def build_service(settings: Settings) -> web.Application:
     if settings.spool_dir is not None:
         # The drain's publishing in a process of its own: it would otherwise take the listener's CPU.
         spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes)
-        publisher: AmqpPublisher | ProcessPublisher = ProcessPublisher(
-            WorkerConfig.from_settings(settings), observer=metrics
-        )
-        runtime = Runtime(publisher, spool, Drain(spool, publisher))
+        in_child = ProcessPublisher(WorkerConfig.from_settings(settings), observer=metrics)
+        publisher: AmqpPublisher | ProcessPublisher = in_child
+        runtime = Runtime(publisher, spool, Drain(spool, in_child))
         sink = SpoolSink(spool, on_fatal=runtime.fail)
     else:
         publisher = AmqpPublisher(

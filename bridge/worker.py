@@ -10,6 +10,7 @@ state so /readyz and /metrics stay in the listening process. Frames are a 4-byte
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import os
@@ -18,16 +19,17 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
 
-from bridge.errors import BrokerError, BrokerUnavailable
-from bridge.message import Outbound, decode_record, encode_record
-from bridge.publisher import AmqpPublisher, PublishObserver
+from bridge.errors import BrokerError, BrokerUnavailable, SpoolCorrupt
+from bridge.message import Outbound, decode_record
+from bridge.metrics import confirm_key
+from bridge.publisher import AmqpPublisher
 from bridge.settings import Settings
 from bridge.topology import build_topology
 
@@ -81,7 +83,7 @@ async def _receive(reader: asyncio.StreamReader) -> dict[str, Any] | None:
 class ProcessPublisher:
     """A ``Publisher`` whose publishing happens in a child process, kept running by ``supervise``."""
 
-    def __init__(self, config: WorkerConfig, *, observer: PublishObserver | None = None) -> None:
+    def __init__(self, config: WorkerConfig, *, observer: BatchObserver | None = None) -> None:
         self._config = config
         self._observer = observer
         self._writer: asyncio.StreamWriter | None = None
@@ -146,7 +148,16 @@ class ProcessPublisher:
         elif (reply := self._replies.pop(frame.get("id", -1), None)) is not None and not reply.done():
             reply.set_result(frame)
 
-    async def publish(self, messages: Sequence[Outbound], *, deadline: float | None = None) -> None:
+    async def publish_records(self, records: Sequence[bytes], *, deadline: float | None = None) -> None:
+        """Publish spool records (``encode_record``'s bytes) in the child; return once all are confirmed.
+
+        The listener neither decodes nor re-encodes them, and the child counts what it confirmed
+        for the metrics: the drain costs the listener little more than the spool's read and delete.
+
+        Raises:
+            BrokerUnavailable: the child could not publish them (it retries until ``deadline``).
+            SpoolCorrupt: a record is not one ``encode_record`` wrote.
+        """
         within = None if deadline is None else max(0.0, deadline - time.monotonic())
         async with asyncio.timeout(within):
             await self._started.wait()
@@ -154,9 +165,11 @@ class ProcessPublisher:
         self._next_id += 1
         reply = asyncio.get_running_loop().create_future()
         self._replies[self._next_id] = reply
-        records = [encode_record(m).decode() for m in messages]
         try:
-            await _send(self._writer, {"id": self._next_id, "records": records, "within": within})
+            await _send(
+                self._writer,
+                {"id": self._next_id, "records": [r.decode() for r in records], "within": within},
+            )
         except OSError as exc:  # the child died since it started; supervise starts another
             self._replies.pop(self._next_id, None)
             raise BrokerUnavailable(f"the publishing process is gone: {exc!r}") from None
@@ -164,8 +177,9 @@ class ProcessPublisher:
         if self._observer is not None:
             for _ in range(answer["retries"]):
                 self._observer.retried()
-            for message, seconds in zip(messages, answer["confirmed"], strict=False):
-                self._observer.confirmed(message, seconds)
+            self._observer.confirmed_batch(answer["counts"], answer["latencies"])
+        if answer.get("corrupt") is not None:
+            raise SpoolCorrupt(f"spool entry cannot be decoded: {answer['corrupt']}")
         if answer["error"] is not None:
             raise BrokerUnavailable(answer["error"])
 
@@ -194,13 +208,23 @@ class _Tally:
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.counts: collections.Counter[tuple[str, ...]] = collections.Counter()
         self.retries = 0
 
-    def confirmed(self, _message: Outbound, seconds: float) -> None:
+    def confirmed(self, message: Outbound, seconds: float) -> None:
         self.latencies.append(seconds)
+        self.counts[confirm_key(message)] += 1
 
     def retried(self) -> None:
         self.retries += 1
+
+
+class BatchObserver(Protocol):
+    """What the listening process is told of each batch (its metrics)."""
+
+    def confirmed_batch(self, counts: Iterable[Sequence[Any]], latencies: Iterable[float]) -> None: ...
+
+    def retried(self) -> None: ...
 
 
 def _die_with_parent(parent: int) -> None:
@@ -255,14 +279,26 @@ async def _serve(fd: int) -> None:
 async def _publish(
     publisher: AmqpPublisher, tally: _Tally, frame: dict[str, Any], writer: asyncio.StreamWriter
 ) -> None:
-    tally.latencies, tally.retries = [], 0
+    tally.latencies, tally.counts, tally.retries = [], collections.Counter(), 0
     deadline = None if frame["within"] is None else time.monotonic() + frame["within"]
-    error = None
+    error = corrupt = None
     try:
-        await publisher.publish([decode_record(r.encode()) for r in frame["records"]], deadline=deadline)
-    except BrokerError as exc:
-        error = str(exc)
-    reply = {"id": frame["id"], "confirmed": tally.latencies, "retries": tally.retries, "error": error}
+        messages = [decode_record(r.encode()) for r in frame["records"]]
+    except ValueError as exc:
+        corrupt = str(exc)
+    else:
+        try:
+            await publisher.publish(messages, deadline=deadline)
+        except BrokerError as exc:
+            error = str(exc)
+    reply = {
+        "id": frame["id"],
+        "latencies": tally.latencies,
+        "counts": [[*key, n] for key, n in tally.counts.items()],
+        "retries": tally.retries,
+        "error": error,
+        "corrupt": corrupt,
+    }
     await _send(writer, reply)
 
 
