@@ -7,8 +7,6 @@ sets them from the same settings.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -25,10 +23,19 @@ async def read_body(request: web.Request, *, max_body: int, read_timeout: float)
     """
     if request.content_length is not None and request.content_length > max_body:
         raise TooLarge("body_too_large", f"body is over BRIDGE_MAX_BODY ({max_body} bytes)")
+    content = request.content
+    if content.is_eof():
+        # The whole body came with the headers (a Servio webhook is a few hundred bytes): no
+        # waiting, so no timer to arm and cancel. Content-Length was checked above; a chunked
+        # body that arrived whole is checked here.
+        whole = content.read_nowait()
+        if len(whole) > max_body:
+            raise TooLarge("body_too_large", f"body is over BRIDGE_MAX_BODY ({max_body} bytes)")
+        return whole
     body = bytearray()
     try:
         async with asyncio.timeout(read_timeout):
-            while chunk := await request.content.readany():
+            while chunk := await content.readany():
                 body.extend(chunk)
                 if len(body) > max_body:
                     raise TooLarge("body_too_large", f"body is over BRIDGE_MAX_BODY ({max_body} bytes)")
@@ -47,13 +54,15 @@ class Gate:
         self._wait = wait
         self._retry_after = retry_after
 
-    @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
+    def turn(self) -> _Turn:
         """Hold one slot for the body of the ``async with``.
 
-        Raises:
+        Raises (on entering):
             Unavailable: no slot came free within ``wait`` seconds.
         """
+        return _Turn(self)
+
+    async def _acquire(self) -> None:
         if self._slots.locked():
             try:
                 async with asyncio.timeout(self._wait):
@@ -63,7 +72,19 @@ class Gate:
         else:
             # A free slot is taken without waiting: no timer to arm and cancel per request.
             await self._slots.acquire()
-        try:
-            yield
-        finally:
-            self._slots.release()
+
+
+class _Turn:
+    """``Gate.turn()``: a plain async context manager (a generator-based one costs a frame and an
+    object per webhook)."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+
+    async def __aenter__(self) -> None:
+        await self._gate._acquire()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._gate._slots.release()

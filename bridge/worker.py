@@ -1,10 +1,14 @@
 """Publishing in a child process: the drain's AMQP work runs on the other core, not the listener's.
 
-``ProcessPublisher`` is the ``Publisher`` the drain sees in the listening process; it hands each
-batch to ``python -m bridge.worker``, which publishes it with an ``AmqpPublisher`` and answers
-once every message is confirmed. The child never touches the spool (the listener alone reads,
-appends and removes), dies with its parent (``PR_SET_PDEATHSIG``), and reports the connection's
-state so /readyz and /metrics stay in the listening process. Frames are a 4-byte length and JSON.
+``ProcessPublisher`` is what the drain sees in the listening process; it hands each batch of spool
+records to ``python -m bridge.worker``, which publishes them with an ``AmqpPublisher`` and answers
+once every message is confirmed. The child runs at the lowest CPU priority (nice 19): when
+webhooks and publishing compete for the CPU, answering goes first, the backlog waits on disk, and
+it drains as soon as the CPU is free (or, under load that never lets up, the spool's bound turns
+webhooks away with 503 rather than the answers slowing down). The child never touches the spool
+(the listener alone reads, appends and removes), dies with its parent (``PR_SET_PDEATHSIG``), and
+reports the connection's state so /readyz and /metrics stay in the listening process. Frames are a
+4-byte length and JSON.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ _LENGTH = struct.Struct(">I")
 _PR_SET_PDEATHSIG = 1
 STATE_POLL = 0.1
 RESPAWN_DELAY = 1.0
+# The child's CPU priority: the lowest, so answering webhooks always goes first.
+NICE = 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +247,7 @@ async def _serve(fd: int) -> None:
     if first is None:
         return
     _die_with_parent(first["parent"])
-    os.nice(10)
+    os.nice(NICE)
     # JSON made the tuples lists.
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in first["config"].items()}
     config = WorkerConfig(**fields)
