@@ -28,6 +28,7 @@ import aiohttp
 import targets
 import uvloop
 from broker import Broker, pipelined_publish
+from disk import describe, fsync_probe
 from load import PATH, LoadResult, run_load, wrk_available
 from proxy import LateProxy
 from report import markdown, summarise, verdicts
@@ -221,7 +222,8 @@ async def main(args: argparse.Namespace) -> int:
             bridge_q = await broker.counting_queue(bridge_ex, bridge_style=True)
             broker.forget_later(queues=(f"{bridge_ex}.unrouted", f"{bridge_ex}.invalid"))
             for n in range(1, args.rounds + 1):
-                result: dict[str, Any] = {}
+                result: dict[str, Any] = {"disk": await asyncio.to_thread(fsync_probe, tmp / "disk")}
+                print(f"round {n} disk: {describe(result['disk'])}", flush=True)
                 runs = [
                     (targets.ceiling(targets.free_port(), tmp / f"ceiling-{n}.log"), None),
                     (

@@ -28,6 +28,13 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         figures = {f for r in rounds for f in r.get(target, {})}
         medians[target] = {f: median_of([r[target].get(f) for r in rounds if target in r]) for f in figures}
     medians["pipelined"] = {"msg_s": median_of([r.get("pipelined_msg_s") for r in rounds])}
+    disks = [r["disk"] for r in rounds if "disk" in r]
+    medians["disk"] = {
+        "p99_ms": median_of([d["p99_ms"] for d in disks]),
+        "max_ms": max((d["max_ms"] for d in disks), default=None),
+        "stalls": sum(d["stalls"] for d in disks),
+        "seconds": sum(d["seconds"] for d in disks),
+    }
 
     def ratio(a: str, b: str, figure: str, b_figure: str | None = None) -> float | None:
         values: list[float | None] = []
@@ -109,6 +116,14 @@ def markdown(summary: dict[str, Any], checks: list[dict[str, Any]], outage: dict
         f"naive {_fmt(r['naive_of_ceiling'], 2)}x; "
         f"naive fan-out / pipelined publish {_fmt(r['naive_fanout_ratio'], 2)}x.",
     ]
+    disk = med["disk"]
+    if disk["seconds"]:
+        lines += [
+            "",
+            f"The spool's disk before each round (one 4 KiB append + fdatasync at a time): median p99 "
+            f"{_fmt(disk['p99_ms'], 2)} ms, worst {_fmt(disk['max_ms'])} ms, {disk['stalls']} fsyncs over "
+            f"10 ms in {disk['seconds']:g} s. A stall holds every answer waiting for its group commit.",
+        ]
     if outage is not None:
         lines += [
             "",
