@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,74 @@ class TestSpool:
         assert spool.stats.entries == 200
         assert commits < 100, commits
 
+    async def test_append_waits_for_the_fsync_of_the_wal(
+        self, spool: Spool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An append returns only after an fdatasync of the WAL file that began after its write:
+        with the fsync held, the append does not return; let go, it does."""
+        import bridge.spool
+
+        held, started = threading.Event(), threading.Event()
+        synced: list[int] = []
+        real = os.fdatasync
+
+        def slow_fdatasync(fd: int) -> None:
+            started.set()
+            held.wait(10)
+            real(fd)
+            synced.append(fd)
+
+        monkeypatch.setattr(bridge.spool.os, "fdatasync", slow_fdatasync)
+        appending = asyncio.create_task(spool.append([b"must-be-on-disk"]))
+        await asyncio.to_thread(started.wait, 5)
+        await asyncio.sleep(0.3)
+        assert not appending.done()
+        assert synced == []
+        held.set()
+        await asyncio.wait_for(appending, 5)
+        assert len(synced) >= 1
+        assert os.readlink(f"/proc/self/fd/{synced[0]}") == f"{spool.path}-wal"
+
+    async def test_a_failed_fsync_fails_the_append_and_every_later_one(
+        self, spool: Spool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """EIO from fdatasync: the waiting append raises SpoolError, and so does every append after
+        it (the file's state can no longer be vouched for)."""
+        import errno
+
+        import bridge.spool
+
+        def failing_fdatasync(_fd: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        monkeypatch.setattr(bridge.spool.os, "fdatasync", failing_fdatasync)
+        with pytest.raises(SpoolError, match="fsync failed"):
+            await spool.append([b"never-acknowledged"])
+        assert not spool.writable
+        monkeypatch.undo()
+        with pytest.raises(SpoolError):
+            await spool.append([b"after"])
+
+    async def test_checkpoints_let_the_wal_be_reused(self, spool: Spool) -> None:
+        """The checkpointer copies the WAL into the file in the background; once it has, the WAL
+        is written again from its start, so a spool that keeps taking in and giving back entries
+        does not grow its WAL (without checkpoints the second round would double it)."""
+        record = b"r" * 400
+
+        async def churn() -> None:
+            for _ in range(40):
+                await asyncio.gather(*(spool.append([record]) for _ in range(50)))
+                await spool.remove(await spool.read(after=0, limit=1000))
+
+        await churn()
+        await wait_for_checkpoints(spool, 2)
+        first = wal_size(spool)
+        await churn()
+        await wait_for_checkpoints(spool, 2)
+        assert first > 500_000
+        assert wal_size(spool) < first * 1.5, (first, wal_size(spool))
+        assert spool.stats.entries == 0
+
     async def test_bound_refuses_and_drops_nothing(self, tmp_path: Path) -> None:
         """Past BRIDGE_SPOOL_MAX_BYTES append raises SpoolFull; what was kept stays."""
         small = Spool(tmp_path, max_bytes=3 * (100 + ENTRY_OVERHEAD))
@@ -85,6 +155,19 @@ class TestSpool:
         assert [e.record for e in await spool.read(after=0, limit=10)] == [b"3"]
         assert spool.stats.entries == 1
         assert spool.stats.bytes == 1 + ENTRY_OVERHEAD
+
+
+def wal_size(spool: Spool) -> int:
+    return os.stat(f"{spool.path}-wal").st_size
+
+
+async def wait_for_checkpoints(spool: Spool, count: int, within: float = 5.0) -> None:
+    """Wait until the checkpointer ran ``count`` more times (it runs once a second)."""
+    target = spool.checkpoints + count
+    deadline = asyncio.get_running_loop().time() + within
+    while spool.checkpoints < target:
+        assert asyncio.get_running_loop().time() < deadline, "no checkpoint ran"
+        await asyncio.sleep(0.05)
 
 
 class TestSpoolRefusesToStart:
