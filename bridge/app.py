@@ -16,7 +16,7 @@ from aiohttp.typedefs import Middleware
 from bridge.errors import InvalidBody, RequestError, TooLarge, Unavailable
 from bridge.guard import GUARDED_PREFIX, build_guard
 from bridge.limits import Gate, read_body
-from bridge.logs import request_line
+from bridge.logs import bind, end_request, request_line, start_request
 from bridge.message import DEFAULT_SOURCE, Delivery, build_invalid_body, build_messages
 from bridge.ops import OPERATIONS, RETRY_AFTER, WEBHOOK_PREFIX, Operations
 from bridge.payload import parse_payload
@@ -57,7 +57,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     # 128 random bits from the process's own generator (seeded from the OS): unique, and without
     # the system call per request that os.urandom or uuid4 makes.
     delivery = Delivery(f"{random.getrandbits(128):032x}", source, datetime.now(UTC))
-    structlog.contextvars.bind_contextvars(delivery_id=delivery.delivery_id, source=source)
+    bind(delivery_id=delivery.delivery_id, source=source)
     raw = await read_body(request, max_body=settings.max_body, read_timeout=settings.read_timeout)
     async with request.app[GATE].turn():
         try:
@@ -68,7 +68,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
                 raw, delivery, exchange=settings.exchange, reason=exc.code, detail=exc.detail
             )
             await sink.accept([letter])
-            structlog.contextvars.bind_contextvars(rejected=1, messages=0)
+            bind(rejected=1, messages=0)
             return _json(
                 {
                     "status": "rejected",
@@ -83,7 +83,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         )
         if messages:
             await sink.accept(messages)
-    structlog.contextvars.bind_contextvars(messages=len(payload.events), rejected=len(payload.rejections))
+    bind(messages=len(payload.events), rejected=len(payload.rejections))
     return _json(
         {
             "status": "accepted",
@@ -118,8 +118,8 @@ def build_edge(settings: Settings) -> Middleware:
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        # Keep-alive requests share a task and so its context: start each one clean.
-        structlog.contextvars.clear_contextvars()
+        # Keep-alive requests share a task and so its context: each one starts clean.
+        context = start_request()
         ops = request.app.get(OPERATIONS)
         path = request.path
         status = 500
@@ -157,7 +157,7 @@ def build_edge(settings: Settings) -> Middleware:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                 },
             )
-            structlog.contextvars.clear_contextvars()
+            end_request(context)
 
     return edge
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 import sys
@@ -40,7 +41,7 @@ def configure_logging(
     included) can write one of ``secrets``, a ``?token=`` value or a Bearer credential.
     """
     shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
+        _merge_request_context,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -58,7 +59,7 @@ def configure_logging(
     # by structlog, redacted, written to the same stream under the handler's lock.
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            _merge_request_context,
             structlog.processors.add_log_level,
             _add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -232,7 +233,8 @@ def request_line(logger: str, event: str, fields: dict[str, Any]) -> None:
         return
     if _OUTPUT.level > logging.INFO:
         return
-    line = structlog.contextvars.get_contextvars()
+    context = _REQUEST.get()
+    line = dict(context) if context else {}
     line.update(fields)
     line["event"] = event
     line["level"] = "info"
@@ -253,6 +255,36 @@ def _timestamp(_second: list[object] = [None, ""]) -> str:  # noqa: B006 - the c
 def flush() -> None:
     """Write out lines still waiting for the end of the event loop's iteration."""
     _OUTPUT.flush()
+
+
+# What every line written while a request is handled carries (its delivery_id, source, ...): one
+# dict per request in one context variable, where structlog's bind/clear/get would cost a context
+# variable per key and a copy per line.
+_REQUEST: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("request", default=None)
+
+
+def start_request() -> contextvars.Token[dict[str, Any] | None]:
+    """Give the current task a fresh request context; ``end_request`` with the token drops it."""
+    return _REQUEST.set({})
+
+
+def end_request(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    _REQUEST.reset(token)
+
+
+def bind(**fields: Any) -> None:
+    """Add ``fields`` to every line of the request being handled (nothing outside a request)."""
+    context = _REQUEST.get()
+    if context is not None:
+        context.update(fields)
+
+
+def _merge_request_context(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    context = _REQUEST.get()
+    if context:
+        for key, value in context.items():
+            event_dict.setdefault(key, value)
+    return event_dict
 
 
 def _add_logger_name(logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:

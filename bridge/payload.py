@@ -178,8 +178,21 @@ def split_events(doc: dict[str, Any], *, max_ids: int = DEFAULT_MAX_IDS) -> Payl
 
 def normalize_name(key: str) -> str | None:
     """Servio's key as a routing-key word: trimmed, lower-cased; None if not ``[a-z0-9_]{1,64}``."""
+    try:
+        return _NAMES[key]
+    except KeyError:
+        pass
     name = key.strip().lower()
-    return name if _NAME.fullmatch(name) else None
+    result = name if _NAME.fullmatch(name) else None
+    if len(_NAMES) < _NAMES_KEPT and len(key) <= 128:
+        _NAMES[key] = result
+    return result
+
+
+# The same dozen keys come in every body ("Add", "Guests", "Update ", ...): their answers are kept,
+# up to a bound in number and length, so a sender inventing keys cannot grow it.
+_NAMES: dict[str, str | None] = {}
+_NAMES_KEPT = 1024
 
 
 def parse_id(value: Any) -> int | None:
