@@ -36,6 +36,12 @@ FILE_NAME = "spool.sqlite3"
 ENTRY_OVERHEAD = 64
 # Seconds between checkpoints (each copies what the WAL holds into the database file).
 CHECKPOINT_EVERY = 1.0
+# Past this many pages in the WAL, a checkpoint holds appends for as long as it takes to copy the
+# rest, so that the next write starts the WAL over: under writes that never stop, a checkpoint
+# that runs beside them never catches up and the WAL would grow without end (~32 MiB).
+WAL_PAGES_LIMIT = 8192
+# What a WAL that grew past the limit is cut back to once it starts over.
+WAL_BYTES_KEPT = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,12 @@ class Spool:
         self._pending: list[asyncio.Future[None]] = []
         self._flush_scheduled = False
         self._syncing = False
+        # Set by the checkpointer's request, on the loop's thread: no transaction is written
+        # until it is cleared (appends wait in _pending, removes wait for _resumed).
+        self._paused = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._pause_taken = threading.Event()
         self._stopping = threading.Event()
         self._entries = 0
         self._bytes = 0
@@ -93,6 +105,7 @@ class Spool:
         self.commits_covered = 0  # the newest transaction the last fsync made durable
         self.commits = 0  # fsyncs of the WAL: each makes every append before it durable
         self.checkpoints = 0
+        self.whole_checkpoints = 0  # those that held the writer (see _checkpoint_whole)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -120,6 +133,7 @@ class Spool:
         # checkpointer's FULL connection (a checkpoint on an OFF connection skips its fsyncs).
         self._writer.execute("PRAGMA synchronous=OFF")
         self._writer.execute("PRAGMA wal_autocheckpoint=0")
+        self._writer.execute(f"PRAGMA journal_size_limit={WAL_BYTES_KEPT}")
         self._reader = self._connect(check_same_thread=False)
         self._checkpointer = self._connect(check_same_thread=False, synchronous="FULL")
         row = self._reader.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(record)), 0) FROM spool").fetchone()
@@ -260,6 +274,8 @@ class Spool:
         """
         if not entries:
             return
+        while self._paused:
+            await self._resumed.wait()
         first, last = entries[0].seq, entries[-1].seq
         if last - first + 1 == len(entries):
             # A batch as read is every seq in its range: seqs only grow, and one thread writes.
@@ -290,7 +306,7 @@ class Spool:
     def _flush(self) -> None:
         """Write what was appended since the last fsync in one transaction, and have it synced."""
         self._flush_scheduled = False
-        if not self._pending:
+        if not self._pending or self._paused:
             return
         rows, futures = self._pending_rows, self._pending
         self._pending_rows, self._pending = [], []
@@ -380,14 +396,49 @@ class Spool:
         self._flush()
 
     def _checkpoint_loop(self) -> None:
-        """Copy the WAL into the database file now and then, without ever blocking the writer."""
+        """Copy the WAL into the database file now and then, blocking the writer only when the WAL
+        has grown past ``WAL_PAGES_LIMIT`` (see ``_checkpoint_whole``)."""
         assert self._checkpointer is not None
         while True:
             closing = self._stopping.wait(CHECKPOINT_EVERY)
             try:
-                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                _busy, pages, _copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 self.checkpoints += 1
+                if not closing and pages > WAL_PAGES_LIMIT:
+                    self._checkpoint_whole()
             except sqlite3.Error as exc:
                 log.warning("spool_checkpoint_failed", error=str(exc))
             if closing:
                 return
+
+    def _checkpoint_whole(self) -> None:
+        """Hold the writer on the loop's thread, copy what is left of the WAL, let the writer go:
+        its next transaction starts the WAL from the beginning."""
+        assert self._loop is not None
+        assert self._checkpointer is not None
+        self._pause_taken.clear()
+        try:
+            self._loop.call_soon_threadsafe(self._pause)
+        except RuntimeError:  # the loop is closed: nothing writes any more
+            return
+        try:
+            while not self._pause_taken.wait(0.1):
+                if self._stopping.is_set():
+                    return
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.checkpoints += 1
+            self.whole_checkpoints += 1
+        finally:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._resume)
+
+    def _pause(self) -> None:
+        self._paused = True
+        self._resumed.clear()
+        self._pause_taken.set()
+
+    def _resume(self) -> None:
+        self._paused = False
+        self._resumed.set()
+        if not self._syncing:
+            self._flush()

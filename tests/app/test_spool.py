@@ -129,6 +129,44 @@ class TestSpool:
         assert wal_size(spool) < first * 1.5, (first, wal_size(spool))
         assert spool.stats.entries == 0
 
+    async def test_the_wal_starts_over_while_appends_never_stop(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With 32 appenders that never pause, a checkpoint beside them never catches up; past
+        WAL_PAGES_LIMIT one holds the writer briefly, and the WAL starts over instead of growing
+        with everything ever appended."""
+        import bridge.spool
+
+        monkeypatch.setattr(bridge.spool, "CHECKPOINT_EVERY", 0.2)
+        monkeypatch.setattr(bridge.spool, "WAL_PAGES_LIMIT", 256)
+        busy = Spool(tmp_path, max_bytes=1 << 34)
+        busy.open()
+        record = b"r" * 250
+        appended = 0
+        stop = asyncio.get_running_loop().time() + 3.0
+
+        async def appender() -> None:
+            nonlocal appended
+            while asyncio.get_running_loop().time() < stop:
+                await busy.append([record])
+                appended += 1
+
+        try:
+            await asyncio.gather(*(appender() for _ in range(32)))
+            assert busy.whole_checkpoints >= 2
+            # Written once and never started over, the WAL would hold at least a page per
+            # transaction, several hundred bytes per append.
+            assert wal_size(busy) < appended * 200, (wal_size(busy), appended)
+            assert busy.stats.entries == appended
+        finally:
+            busy.close()
+        reopened = Spool(tmp_path, max_bytes=1 << 34)
+        reopened.open()
+        try:
+            assert reopened.stats.entries == appended
+        finally:
+            reopened.close()
+
     async def test_bound_refuses_and_drops_nothing(self, tmp_path: Path) -> None:
         """Past BRIDGE_SPOOL_MAX_BYTES append raises SpoolFull; what was kept stays."""
         small = Spool(tmp_path, max_bytes=3 * (100 + ENTRY_OVERHEAD))
