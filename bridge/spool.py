@@ -402,7 +402,9 @@ class Spool:
         while True:
             closing = self._stopping.wait(CHECKPOINT_EVERY)
             try:
-                _busy, pages, _copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                _busy, pages, _copied = self._checkpointer.execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)"
+                ).fetchone()
                 self.checkpoints += 1
                 if not closing and pages > WAL_PAGES_LIMIT:
                     self._checkpoint_whole()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.app import build_app
-from bridge.logs import configure_logging
+from bridge.logs import configure_logging, request_line
 from bridge.settings import Settings
 from bridge.sink import DirectSink
 from tests.fakes import FakePublisher
@@ -154,3 +156,27 @@ class TestRequestLog:
         ]
         assert requests[0]["messages"] == 1
         assert "hidden" not in stream.getvalue()
+
+    async def test_lines_of_one_loop_iteration_leave_together_and_in_order(self) -> None:
+        """Lines written on the event loop wait for the end of its iteration and leave in one
+        write; a stdlib logger's line written meanwhile comes after them, not before."""
+
+        class CountingStream(io.StringIO):
+            writes = 0
+
+            def write(self, text: str) -> int:
+                CountingStream.writes += 1
+                return super().write(text)
+
+        stream = CountingStream()
+        configure_logging("json", stream=stream)
+        for n in range(5):
+            request_line("bridge.http", "request", {"n": n})
+        assert stream.getvalue() == ""  # not yet: the iteration is not over
+        logging.getLogger("aiohttp.server").warning("from the stdlib")
+        request_line("bridge.http", "request", {"n": 5})
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        events = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert [e.get("n", e["event"]) for e in events] == [0, 1, 2, 3, 4, "from the stdlib", 5]
+        assert CountingStream.writes == 3  # five lines, the stdlib line, the last line

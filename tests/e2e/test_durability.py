@@ -342,6 +342,11 @@ def child_pids(pid: int) -> list[int]:
     return [int(child) for child in children]
 
 
+def nice_of(pid: int) -> int:
+    """A process's nice value, field 19 of /proc/<pid>/stat (after the parenthesised name)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16])
+
+
 class TestPublishingProcessKilled:
     async def test_worker_sigkilled_under_load_is_replaced_and_nothing_lost(
         self, start_bridge: Starter, amqp_channel: AbstractChannel, exchange_name: str
@@ -370,5 +375,8 @@ class TestPublishingProcessKilled:
         assert sum(e["event"] == "worker_exited" for e in bridge.events()) == 2
         (replacement,) = child_pids(bridge.proc.pid)
         assert replacement not in killed
+        # Answering goes first: the publishing process, a replacement too, runs at nice 19.
+        assert nice_of(replacement) == 19
+        assert nice_of(bridge.proc.pid) == 0
         bridge.signal(signal.SIGTERM)
         assert await asyncio.to_thread(bridge.wait) == 0
