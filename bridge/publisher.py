@@ -236,7 +236,9 @@ class AmqpPublisher:
                 batch.track(next_index, self._register(channel, message))
                 next_index += 1
             if chunk:
-                channel.write_queue.put_nowait(ChannelFrame(payload=b"".join(chunk), should_close=False))
+                # aiormq's write queue holds 10 frames: a connection RabbitMQ stopped reading
+                # (an alarm) makes this wait rather than overflow.
+                await channel.write_queue.put(ChannelFrame(payload=b"".join(chunk), should_close=False))
             oldest = min(sent for _, sent in batch.inflight.values())
             if not await batch.wait_progress(max(0.0, oldest + confirm_within - time.monotonic())):
                 batch.fail(TimeoutError())

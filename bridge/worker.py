@@ -297,6 +297,9 @@ async def _publish(
             await publisher.publish(messages, deadline=deadline)
         except BrokerError as exc:
             error = str(exc)
+        except Exception as exc:  # the parent waits for an answer, whatever happened
+            log.exception("publish_failed", error=repr(exc))
+            error = f"publishing failed: {exc!r}"
     reply = {
         "id": frame["id"],
         "latencies": tally.latencies,
