@@ -252,11 +252,6 @@ def _timestamp(_second: list[object] = [None, ""]) -> str:  # noqa: B006 - the c
     return f"{_second[1]}.{int((now - second) * 1_000_000):06d}Z"
 
 
-def flush() -> None:
-    """Write out lines still waiting for the end of the event loop's iteration."""
-    _OUTPUT.flush()
-
-
 # What every line written while a request is handled carries (its delivery_id, source, ...): one
 # dict per request in one context variable, where structlog's bind/clear/get would cost a context
 # variable per key and a copy per line.

@@ -239,7 +239,7 @@ class AmqpPublisher:
                 # aiormq's write queue holds 10 frames: a connection RabbitMQ stopped reading
                 # (an alarm) makes this wait rather than overflow.
                 await channel.write_queue.put(ChannelFrame(payload=b"".join(chunk), should_close=False))
-            oldest = min(sent for _, sent in batch.inflight.values())
+            oldest = min(batch.inflight.values())
             if not await batch.wait_progress(max(0.0, oldest + confirm_within - time.monotonic())):
                 batch.fail(TimeoutError())
 
@@ -384,7 +384,7 @@ class _Batch:
     def __init__(self, messages: list[Outbound], observer: PublishObserver | None) -> None:
         self.messages = messages
         self.confirmed = [False] * len(messages)
-        self.inflight: dict[int, tuple[asyncio.Future[Any], float]] = {}
+        self.inflight: dict[int, float] = {}  # index -> when it was sent
         self.keys: set[str] = set()
         self.failure: BaseException | None = None
         self._observer = observer
@@ -392,7 +392,7 @@ class _Batch:
 
     def track(self, index: int, confirmation: asyncio.Future[Any]) -> None:
         sent = time.monotonic()
-        self.inflight[index] = (confirmation, sent)
+        self.inflight[index] = sent
         self.keys.add(self.messages[index].order_key)
         confirmation.add_done_callback(lambda future: self._settle(index, future, sent))
 

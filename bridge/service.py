@@ -28,6 +28,9 @@ from bridge.topology import build_topology
 from bridge.worker import ProcessPublisher, WorkerConfig
 
 log = structlog.get_logger("bridge.service")
+# How long a thread holding the GIL keeps it while another waits (Python's default: 5 ms). The
+# spool's fsync thread needs it twice per fsync, and every webhook of that group commit waits for
+# it; the event loop holds it almost always under load.
 SWITCH_INTERVAL = 0.0005
 MAX_HEADERS = 64
 LINGERING_TIME = 2.0

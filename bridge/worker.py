@@ -87,7 +87,8 @@ async def _receive(reader: asyncio.StreamReader) -> dict[str, Any] | None:
 
 
 class ProcessPublisher:
-    """A ``Publisher`` whose publishing happens in a child process, kept running by ``supervise``."""
+    """The drain's ``RecordPublisher``: publishing happens in a child process, kept running by
+    ``supervise``."""
 
     def __init__(self, config: WorkerConfig, *, observer: BatchObserver | None = None) -> None:
         self._config = config
@@ -217,6 +218,9 @@ class _Tally:
         self.counts: collections.Counter[tuple[str, ...]] = collections.Counter()
         self.retries = 0
 
+    def reset(self) -> None:
+        self.latencies, self.counts, self.retries = [], collections.Counter(), 0
+
     def confirmed(self, message: Outbound, seconds: float) -> None:
         self.latencies.append(seconds)
         self.counts[confirm_key(message)] += 1
@@ -285,7 +289,7 @@ async def _serve(fd: int) -> None:
 async def _publish(
     publisher: AmqpPublisher, tally: _Tally, frame: dict[str, Any], writer: asyncio.StreamWriter
 ) -> None:
-    tally.latencies, tally.counts, tally.retries = [], collections.Counter(), 0
+    tally.reset()
     deadline = None if frame["within"] is None else time.monotonic() + frame["within"]
     error = corrupt = None
     try:
