@@ -6,7 +6,8 @@ syncer thread's next ``fdatasync`` of the WAL file covers it: every append made 
 runs shares the next one (group commit), and the thread needs the GIL only twice per fsync.
 Checkpoints, which copy the WAL into the database file, run on a connection of their own with
 ``synchronous=FULL``, so the WAL is only ever reused once its pages are synced in the database.
-The drain reads batches in order on a third connection. See docs/spool.md.
+The drain's publishing process reads batches in order on a read-only connection of its own
+(``SpoolReader``). See docs/spool.md.
 """
 
 from __future__ import annotations
@@ -56,6 +57,16 @@ class SpoolStats:
     entries: int
     bytes: int
     oldest: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Entries ``first``..``last`` as one read took them: ``count`` records of ``record_bytes`` bytes."""
+
+    first: int
+    last: int
+    count: int
+    record_bytes: int
 
 
 class Spool:
@@ -267,23 +278,38 @@ class Spool:
         self.appended.set()
 
     async def remove(self, entries: Sequence[Entry]) -> None:
-        """Forget entries RabbitMQ has confirmed.
-
-        Not waited for on disk: a crash before the next fsync brings them back, and they are
-        published again with the same message_ids (at least once).
-        """
+        """Forget entries RabbitMQ has confirmed (see ``remove_span``)."""
         if not entries:
             return
+        first, last = entries[0].seq, entries[-1].seq
+        record_bytes = sum(len(e.record) for e in entries)
+        if last - first + 1 == len(entries):
+            await self.remove_span(Span(first, last, len(entries), record_bytes))
+            return
+        await self._resumed_writes()
+        self._write("DELETE FROM spool WHERE seq = ?", [(e.seq,) for e in entries])
+        self._forget(len(entries), record_bytes)
+
+    async def remove_span(self, span: Span) -> None:
+        """Forget a span RabbitMQ has confirmed: every entry from ``first`` to ``last``, as read.
+
+        A span as read is every seq in its range: seqs only grow, and one thread writes. Not
+        waited for on disk: a crash before the next fsync brings them back, and they are published
+        again with the same message_ids (at least once).
+        """
+        if span.count == 0:
+            return
+        await self._resumed_writes()
+        self._write("DELETE FROM spool WHERE seq BETWEEN ? AND ?", [(span.first, span.last)])
+        self._forget(span.count, span.record_bytes)
+
+    async def _resumed_writes(self) -> None:
         while self._paused:
             await self._resumed.wait()
-        first, last = entries[0].seq, entries[-1].seq
-        if last - first + 1 == len(entries):
-            # A batch as read is every seq in its range: seqs only grow, and one thread writes.
-            self._write("DELETE FROM spool WHERE seq BETWEEN ? AND ?", [(first, last)])
-        else:
-            self._write("DELETE FROM spool WHERE seq = ?", [(e.seq,) for e in entries])
-        self._entries -= len(entries)
-        self._bytes -= sum(len(e.record) + ENTRY_OVERHEAD for e in entries)
+
+    def _forget(self, count: int, record_bytes: int) -> None:
+        self._entries -= count
+        self._bytes -= record_bytes + ENTRY_OVERHEAD * count
 
     def _write(self, statement: str, rows: Sequence[tuple[object, ...]]) -> None:
         """One transaction on the event loop's thread: into the page cache, made durable by the syncer."""
@@ -345,14 +371,8 @@ class Spool:
 
     def _read(self, after: int, limit: int) -> list[Entry]:
         assert self._reader is not None
-        try:
-            with self._read_lock:
-                rows = self._reader.execute(
-                    "SELECT seq, record, created FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (after, limit),
-                ).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise SpoolCorrupt(f"spool file {self.path} cannot be read: {exc}") from None
+        with self._read_lock:
+            rows = select_after(self._reader, self.path, after, limit)
         return [Entry(seq, bytes(record), created) for seq, record, created in rows]
 
     def _oldest(self) -> float | None:
@@ -444,3 +464,49 @@ class Spool:
         self._resumed.set()
         if not self._syncing:
             self._flush()
+
+
+def select_after(
+    conn: sqlite3.Connection, path: Path, after: int, limit: int
+) -> list[tuple[int, bytes, float]]:
+    """Up to ``limit`` rows (seq, record, created) with seq > ``after``, oldest first.
+
+    Raises:
+        SpoolCorrupt: the file can no longer be read.
+    """
+    try:
+        rows: list[tuple[int, bytes, float]] = conn.execute(
+            "SELECT seq, record, created FROM spool WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        ).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise SpoolCorrupt(f"spool file {path} cannot be read: {exc}") from None
+    return rows
+
+
+class SpoolReader:
+    """The drain's reads from another process: a read-only connection to a spool a bridge holds.
+
+    WAL readers see every committed append and never block the writer.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise SpoolCorrupt(f"spool file {path} cannot be opened: {exc}") from None
+
+    def read(self, after: int, limit: int) -> tuple[Span, list[bytes]]:
+        """The records after ``after`` (up to ``limit``) and the span they take; count 0 if none.
+
+        Raises:
+            SpoolCorrupt: the file can no longer be read.
+        """
+        rows = select_after(self._conn, self.path, after, limit)
+        records = [bytes(record) for _seq, record, _created in rows]
+        if not rows:
+            return Span(after, after, 0, 0), records
+        return Span(rows[0][0], rows[-1][0], len(rows), sum(len(r) for r in records)), records
+
+    def close(self) -> None:
+        self._conn.close()

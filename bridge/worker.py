@@ -1,12 +1,13 @@
 """Publishing in a child process: the drain's AMQP work runs on the other core, not the listener's.
 
-``ProcessPublisher`` is what the drain sees in the listening process; it hands each batch of spool
-records to ``python -m bridge.worker``, which publishes them with an ``AmqpPublisher`` and answers
-once every message is confirmed. The child runs at the lowest CPU priority (nice 19): when
+``ProcessPublisher`` is what the drain sees in the listening process; it asks ``python -m
+bridge.worker`` for the batch after the last one, and the child reads that batch from the spool
+itself (a read-only connection), publishes it with an ``AmqpPublisher`` and answers with the span
+it published once every message is confirmed. The child runs at the lowest CPU priority (nice 19): when
 webhooks and publishing compete for the CPU, answering goes first, the backlog waits on disk, and
 it drains as soon as the CPU is free (or, under load that never lets up, the spool's bound turns
-webhooks away with 503 rather than the answers slowing down). The child never touches the spool
-(the listener alone reads, appends and removes), dies with its parent (``PR_SET_PDEATHSIG``), and
+webhooks away with 503 rather than the answers slowing down). The child only reads the spool
+(the listener alone appends and removes), dies with its parent (``PR_SET_PDEATHSIG``), and
 reports the connection's state so /readyz and /metrics stay in the listening process. Frames are a
 4-byte length and JSON.
 """
@@ -25,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -35,6 +37,7 @@ from bridge.message import Outbound, decode_record
 from bridge.metrics import confirm_key
 from bridge.publisher import AmqpPublisher
 from bridge.settings import Settings
+from bridge.spool import FILE_NAME, Span, SpoolReader
 from bridge.topology import build_topology
 
 log = structlog.get_logger("bridge.worker")
@@ -57,6 +60,7 @@ class WorkerConfig:
     publish_timeout: float
     log_format: str
     secrets: tuple[str, ...]
+    spool_path: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -68,6 +72,7 @@ class WorkerConfig:
             settings.publish_timeout,
             settings.log_format,
             (settings.token,) if settings.token else (),
+            str((settings.spool_dir / FILE_NAME).resolve()) if settings.spool_dir is not None else "",
         )
 
 
@@ -155,15 +160,15 @@ class ProcessPublisher:
         elif (reply := self._replies.pop(frame.get("id", -1), None)) is not None and not reply.done():
             reply.set_result(frame)
 
-    async def publish_records(self, records: Sequence[bytes], *, deadline: float | None = None) -> None:
-        """Publish spool records (``encode_record``'s bytes) in the child; return once all are confirmed.
+    async def publish_after(self, after: int, limit: int, *, deadline: float | None = None) -> Span:
+        """Have the child read and publish the (up to ``limit``) spool entries after seq ``after``.
 
-        The listener neither decodes nor re-encodes them, and the child counts what it confirmed
-        for the metrics: the drain costs the listener little more than the spool's read and delete.
+        The listener neither reads nor passes records on, and the child counts what it confirmed
+        for the metrics: the drain costs the listener a request, an answer and the span's delete.
 
         Raises:
             BrokerUnavailable: the child could not publish them (it retries until ``deadline``).
-            SpoolCorrupt: a record is not one ``encode_record`` wrote.
+            SpoolCorrupt: the spool cannot be read, or a record is not one ``encode_record`` wrote.
         """
         within = None if deadline is None else max(0.0, deadline - time.monotonic())
         async with asyncio.timeout(within):
@@ -173,10 +178,7 @@ class ProcessPublisher:
         reply = asyncio.get_running_loop().create_future()
         self._replies[self._next_id] = reply
         try:
-            await _send(
-                self._writer,
-                {"id": self._next_id, "records": [r.decode() for r in records], "within": within},
-            )
+            await _send(self._writer, {"id": self._next_id, "after": after, "limit": limit, "within": within})
         except OSError as exc:  # the child died since it started; supervise starts another
             self._replies.pop(self._next_id, None)
             raise BrokerUnavailable(f"the publishing process is gone: {exc!r}") from None
@@ -186,9 +188,10 @@ class ProcessPublisher:
                 self._observer.retried()
             self._observer.confirmed_batch(answer["counts"], answer["latencies"])
         if answer.get("corrupt") is not None:
-            raise SpoolCorrupt(f"spool entry cannot be decoded: {answer['corrupt']}")
+            raise SpoolCorrupt(answer["corrupt"])
         if answer["error"] is not None:
             raise BrokerUnavailable(answer["error"])
+        return Span(*answer["span"])
 
     async def close(self) -> None:
         """Ask the child to close its connection and exit; kill it if it does not within 5 s."""
@@ -271,34 +274,62 @@ async def _serve(fd: int) -> None:
     )
     supervising = asyncio.create_task(publisher.supervise())
     reporting = asyncio.create_task(_report_state(publisher, writer))
+    reading = _Reading(Path(config.spool_path))
     publishing: set[asyncio.Task[None]] = set()
     try:
         # Frames are read while a batch publishes: "close" must stop a publish that retries
         # through an outage, within the parent's shutdown budget.
         while (frame := await _receive(reader)) is not None and "close" not in frame:
-            task = asyncio.create_task(_publish(publisher, tally, frame, writer))
+            task = asyncio.create_task(_publish(publisher, tally, reading, frame, writer))
             publishing.add(task)
             task.add_done_callback(publishing.discard)
     finally:
         for task in (*publishing, supervising, reporting):
             task.cancel()
         await publisher.close()
+        reading.close()
         writer.close()
 
 
+class _Reading:
+    """The child's read-only connection to the spool, opened on the first batch asked for."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._reader: SpoolReader | None = None
+
+    def read(self, after: int, limit: int) -> tuple[Span, list[bytes]]:
+        if self._reader is None:
+            self._reader = SpoolReader(self._path)
+        return self._reader.read(after, limit)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+
 async def _publish(
-    publisher: AmqpPublisher, tally: _Tally, frame: dict[str, Any], writer: asyncio.StreamWriter
+    publisher: AmqpPublisher,
+    tally: _Tally,
+    reading: _Reading,
+    frame: dict[str, Any],
+    writer: asyncio.StreamWriter,
 ) -> None:
     tally.reset()
     deadline = None if frame["within"] is None else time.monotonic() + frame["within"]
     error = corrupt = None
+    span = Span(frame["after"], frame["after"], 0, 0)
     try:
-        messages = [decode_record(r.encode()) for r in frame["records"]]
-    except ValueError as exc:
+        span, records = reading.read(frame["after"], frame["limit"])
+        messages = [decode_record(r) for r in records]
+    except SpoolCorrupt as exc:
         corrupt = str(exc)
+    except ValueError as exc:
+        corrupt = f"spool entry cannot be decoded: {exc}"
     else:
         try:
-            await publisher.publish(messages, deadline=deadline)
+            if messages:
+                await publisher.publish(messages, deadline=deadline)
         except BrokerError as exc:
             error = str(exc)
         except Exception as exc:  # the parent waits for an answer, whatever happened
@@ -306,6 +337,7 @@ async def _publish(
             error = f"publishing failed: {exc!r}"
     reply = {
         "id": frame["id"],
+        "span": [span.first, span.last, span.count, span.record_bytes],
         "latencies": tally.latencies,
         "counts": [[*key, n] for key, n in tally.counts.items()],
         "retries": tally.retries,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import SpoolCorrupt, SpoolError, SpoolFull
-from bridge.spool import ENTRY_OVERHEAD, FILE_NAME, Spool
+from bridge.spool import ENTRY_OVERHEAD, FILE_NAME, Span, Spool, SpoolReader
 
 
 @pytest.fixture
@@ -52,6 +52,28 @@ class TestSpool:
         await spool.remove([old])
         await spool.append([b"y"])
         assert [e.record for e in await spool.read(after=old.seq, limit=10)] == [b"y"]
+
+    async def test_a_reader_elsewhere_reads_what_was_appended_and_its_span_is_removed(
+        self, spool: Spool
+    ) -> None:
+        """The publishing process's read-only reader sees every append; removing the span it read
+        leaves the rest, and the spool's counts follow."""
+        await spool.append([b"one", b"two", b"three"])
+        await spool.append([b"four"])
+        reader = SpoolReader(spool.path)
+        try:
+            span, records = reader.read(0, 3)
+            assert records == [b"one", b"two", b"three"]
+            assert (span.count, span.record_bytes) == (3, 11)
+            await spool.remove_span(span)
+            assert spool.stats.entries == 1
+            assert spool.stats.bytes == 4 + ENTRY_OVERHEAD
+            rest_span, rest = reader.read(span.last, 10)
+            assert rest == [b"four"]
+            assert reader.read(rest_span.last, 10) == (Span(rest_span.last, rest_span.last, 0, 0), [])
+        finally:
+            reader.close()
+        assert [e.record for e in await spool.read(after=0, limit=10)] == [b"four"]
 
     async def test_concurrent_appends_share_commits(self, spool: Spool) -> None:
         """200 concurrent appends are made durable in far fewer commits (group commit)."""

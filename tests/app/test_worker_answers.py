@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 from typing import Any
 
 from bridge.errors import BrokerUnavailable
 from bridge.message import Outbound, encode_record
-from bridge.worker import _publish, _receive, _Tally
+from bridge.spool import Spool
+from bridge.worker import _publish, _Reading, _receive, _Tally
 
 
 class Raising:
@@ -23,18 +25,25 @@ class Raising:
         raise self.exc
 
 
-async def answer_to(publisher: Any, records: list[bytes]) -> dict[str, Any]:
+async def answer_to(publisher: Any, records: list[bytes], directory: Path) -> dict[str, Any]:
+    """What the child answers when asked for the batch of a spool that holds ``records``."""
+    spool = Spool(directory, max_bytes=1 << 20)
+    spool.open()
     parent, child = socket.socketpair()
     reader, parent_writer = await asyncio.open_unix_connection(sock=parent)
     _, writer = await asyncio.open_unix_connection(sock=child)
+    reading = _Reading(spool.path)
     try:
-        frame = {"id": 7, "records": [r.decode() for r in records], "within": 1.0}
-        await _publish(publisher, _Tally(), frame, writer)
+        await spool.append(records)
+        frame = {"id": 7, "after": 0, "limit": 100, "within": 1.0}
+        await _publish(publisher, _Tally(), reading, frame, writer)
         answer = await asyncio.wait_for(_receive(reader), 5)
     finally:
+        reading.close()
         for end in (writer, parent_writer):
             end.close()
             await end.wait_closed()
+        spool.close()
     assert answer is not None
     return answer
 
@@ -53,23 +62,51 @@ def record() -> bytes:
 
 
 class TestTheChildAlwaysAnswers:
-    async def test_a_broker_error_is_answered_as_an_error(self) -> None:
-        answer = await answer_to(Raising(BrokerUnavailable("down")), [record()])
+    async def test_a_broker_error_is_answered_as_an_error(self, tmp_path: Path) -> None:
+        answer = await answer_to(Raising(BrokerUnavailable("down")), [record()], tmp_path)
         assert answer["id"] == 7
         assert answer["error"] == "down"
         assert answer["corrupt"] is None
 
-    async def test_an_unexpected_exception_is_answered_too(self) -> None:
+    async def test_an_unexpected_exception_is_answered_too(self, tmp_path: Path) -> None:
         """Anything else a publish raises still comes back as an error the drain retries on."""
         publisher = Raising(ValueError("surprise"))
-        answer = await answer_to(publisher, [record()])
+        answer = await answer_to(publisher, [record()], tmp_path)
         assert publisher.calls == 1
         assert answer["id"] == 7
         assert "surprise" in answer["error"]
 
-    async def test_a_record_that_does_not_decode_is_answered_as_corrupt(self) -> None:
+    async def test_a_record_that_does_not_decode_is_answered_as_corrupt(self, tmp_path: Path) -> None:
         publisher = Raising(AssertionError("never called"))
-        answer = await answer_to(publisher, [b'["not", "a record"]'])
+        answer = await answer_to(publisher, [b'["not", "a record"]'], tmp_path)
         assert publisher.calls == 0
         assert answer["corrupt"]
         assert answer["error"] is None
+
+
+class Recording:
+    """A publisher that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Outbound]] = []
+
+    async def publish(self, messages: list[Outbound], *, deadline: float | None = None) -> None:
+        self.batches.append(messages)
+
+
+class TestTheChildReadsTheSpool:
+    async def test_it_publishes_the_batch_it_read_and_answers_its_span(self, tmp_path: Path) -> None:
+        publisher = Recording()
+        records = [record(), record(), record()]
+        answer = await answer_to(publisher, records, tmp_path)
+        assert answer["error"] is None
+        assert answer["corrupt"] is None
+        assert answer["span"] == [1, 3, 3, sum(len(r) for r in records)]
+        assert [encode_record(m) for m in publisher.batches[0]] == records
+
+    async def test_an_empty_spool_is_an_empty_span_and_no_publish(self, tmp_path: Path) -> None:
+        publisher = Recording()
+        answer = await answer_to(publisher, [], tmp_path)
+        assert answer["span"] == [0, 0, 0, 0]
+        assert answer["error"] is None
+        assert publisher.batches == []
