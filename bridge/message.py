@@ -54,7 +54,10 @@ class Outbound:
 
 def received_at_text(delivery: Delivery) -> str:
     """The arrival time as ISO 8601 in UTC with microseconds (``…+00:00``)."""
-    return delivery.received_at.astimezone(UTC).isoformat(timespec="microseconds")
+    received = delivery.received_at
+    if received.tzinfo is not UTC:
+        received = received.astimezone(UTC)
+    return received.isoformat(timespec="microseconds")
 
 
 def check_template(template: str) -> None:
@@ -77,7 +80,21 @@ def check_template(template: str) -> None:
 
 def render_routing_key(template: str, *, entity: str, action: str, source: str) -> str:
     """The routing key for one event, lower-case."""
-    return template.format(entity=entity, action=action, source=source).lower()
+    key = (template, entity, action, source)
+    try:
+        return _ROUTING_KEYS[key]
+    except KeyError:
+        pass
+    rendered = template.format(entity=entity, action=action, source=source).lower()
+    if len(_ROUTING_KEYS) < _ROUTING_KEYS_KEPT:
+        _ROUTING_KEYS[key] = rendered
+    return rendered
+
+
+# The same few (entity, action, source) come in every webhook: their keys are kept, up to a bound,
+# so senders inventing names or sources cannot grow it.
+_ROUTING_KEYS: dict[tuple[str, str, str, str], str] = {}
+_ROUTING_KEYS_KEPT = 1024
 
 
 def message_id(delivery_id: str, event: Event) -> str:
@@ -87,15 +104,29 @@ def message_id(delivery_id: str, event: Event) -> str:
 
 def build_messages(payload: Payload, delivery: Delivery, *, exchange: str, template: str) -> list[Outbound]:
     """Every message one webhook produces: its events in order, then its dead letters."""
+    stamp = _Stamp(received_at_text(delivery), int(delivery.received_at.timestamp()))
     messages = [
-        build_event(event, delivery, exchange=exchange, template=template) for event in payload.events
+        build_event(event, delivery, exchange=exchange, template=template, stamp=stamp)
+        for event in payload.events
     ]
     messages.extend(build_rejections(payload.rejections, delivery, exchange=exchange))
     return messages
 
 
-def build_event(event: Event, delivery: Delivery, *, exchange: str, template: str) -> Outbound:
+@dataclass(frozen=True, slots=True)
+class _Stamp:
+    """A delivery's arrival time as messages carry it, worked out once for all of its events."""
+
+    text: str
+    seconds: int
+
+
+def build_event(
+    event: Event, delivery: Delivery, *, exchange: str, template: str, stamp: _Stamp | None = None
+) -> Outbound:
     """The message for one event."""
+    if stamp is None:
+        stamp = _Stamp(received_at_text(delivery), int(delivery.received_at.timestamp()))
     body = _compact_json(
         {
             "entity": event.entity,
@@ -103,7 +134,7 @@ def build_event(event: Event, delivery: Delivery, *, exchange: str, template: st
             "id": event.id,
             "source": delivery.source,
             "delivery_id": delivery.delivery_id,
-            "received_at": received_at_text(delivery),
+            "received_at": stamp.text,
         }
     )
     return Outbound(
@@ -113,7 +144,7 @@ def build_event(event: Event, delivery: Delivery, *, exchange: str, template: st
         ),
         body=body,
         message_id=message_id(delivery.delivery_id, event),
-        timestamp=int(delivery.received_at.timestamp()),
+        timestamp=stamp.seconds,
         order_key=f"{event.entity}:{event.id}",
     )
 

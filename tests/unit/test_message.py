@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import calendar
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge import message
 from bridge.message import (
     Delivery,
     Outbound,
@@ -68,6 +69,27 @@ class TestRoutingKey:
         """render_routing_key fills {source}, {entity} and {action} and lower-cases."""
         key = render_routing_key("X.{source}.{entity}.{action}", entity="guests", action="add", source="HQ")
         assert key == "x.hq.guests.add"
+
+    def test_keys_are_kept_only_up_to_a_bound(self) -> None:
+        """Rendered keys are kept for reuse, but a sender inventing sources cannot grow the store
+        past its bound, and a key rendered past the bound is still right."""
+        for n in range(message._ROUTING_KEYS_KEPT + 50):
+            key = render_routing_key(
+                "{source}.{entity}.{action}", entity="guests", action="add", source=f"S{n}"
+            )
+            assert key == f"s{n}.guests.add"
+        assert len(message._ROUTING_KEYS) <= message._ROUTING_KEYS_KEPT
+
+    def test_every_event_of_a_webhook_carries_its_arrival(self) -> None:
+        """The arrival, worked out once per webhook, is the same in every message of a fan-out,
+        and the same as one event built alone; a time in another zone is written in UTC."""
+        elsewhere = Delivery("d", "s", RECEIVED.astimezone(timezone(timedelta(hours=3))))
+        events = tuple(Event("add", "guests", i) for i in range(3))
+        built = build_messages(Payload(events, ()), elsewhere, exchange="servio", template=DEFAULT_TEMPLATE)
+        alone = event_message(events[0], delivery=elsewhere)
+        for m in built:
+            assert orjson.loads(m.body)["received_at"] == "2026-11-28T10:15:02.123456+00:00"
+            assert m.timestamp == alone.timestamp == RECEIVED_EPOCH
 
     def test_event_goes_to_the_exchange(self) -> None:
         """An event is published to the configured exchange."""
