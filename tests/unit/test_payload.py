@@ -19,9 +19,11 @@ from bridge.payload import (
     Payload,
     Rejection,
     decode_body,
+    nesting_depth,
     normalize_name,
     parse_id,
     parse_payload,
+    servio_shaped,
     split_events,
 )
 
@@ -710,3 +712,29 @@ class TestProperties:
             return
         payload = parse_payload(raw)
         assert all(isinstance(event, Event) and 0 <= event.id <= MAX_ID for event in payload.events)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=3), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+class TestServioShape:
+    """The shortcut that spares walking a body Servio-shaped bodies for its depth."""
+
+    @settings(deadline=None)
+    @given(st.dictionaries(st.text(max_size=3), JSON_VALUES, max_size=4))
+    def test_said_only_of_bodies_three_deep_at_most(self, doc: dict[str, Any]) -> None:
+        """Whatever the body, the shortcut never passes one deeper than 3 levels."""
+        if servio_shaped(doc):
+            assert nesting_depth(doc) <= 3
+
+    def test_said_of_the_documented_body_and_not_of_a_deeper_one(self) -> None:
+        assert servio_shaped({"Add": {"Clients": [12766], "Guests": None}, "Update": None, "Delete": None})
+        assert not servio_shaped({"Add": {"Guests": [[1]]}})
+        assert not servio_shaped({"Add": {"Guests": {"x": 1}}})
+        assert not servio_shaped({"Add": [1]})
