@@ -116,6 +116,19 @@ def markdown(summary: dict[str, Any], checks: list[dict[str, Any]], outage: dict
         f"naive {_fmt(r['naive_of_ceiling'], 2)}x; "
         f"naive fan-out / pipelined publish {_fmt(r['naive_fanout_ratio'], 2)}x.",
     ]
+    ceiling_p99 = med["ceiling"].get("p99_ms")
+    if ceiling_p99 is not None:
+        beyond = ceiling_p99 > GOALS["p99_ms"]
+        lines += [
+            "",
+            f"p99 of the HTTP ceiling, which only reads and answers: {_fmt(ceiling_p99, 1)} ms"
+            + (
+                f", over the {GOALS['p99_ms']:g} ms goal: no handler on this stack meets it"
+                " on the machine as it was."
+                if beyond
+                else "."
+            ),
+        ]
     disk = med["disk"]
     if disk["seconds"]:
         lines += [
