@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from bridge.errors import InvalidBody, RequestError, TooLarge, Unavailable
 from bridge.guard import GUARDED_PREFIX, build_guard
 from bridge.limits import Gate, read_body
 from bridge.logs import bind, end_request, request_line, start_request
-from bridge.message import DEFAULT_SOURCE, Delivery, build_invalid_body, build_messages
+from bridge.message import CHUNK, DEFAULT_SOURCE, Delivery, Outbound, build_invalid_body, message_chunks
 from bridge.ops import OPERATIONS, RETRY_AFTER, WEBHOOK_PREFIX, Operations
 from bridge.payload import parse_payload
 from bridge.settings import Settings
@@ -78,9 +79,13 @@ async def receive_webhook(request: web.Request) -> web.Response:
                 },
                 status=exc.status,
             )
-        messages = build_messages(
+        messages: list[Outbound] = []
+        for chunk in message_chunks(
             payload, delivery, exchange=settings.exchange, template=settings.routing_key
-        )
+        ):
+            messages.extend(chunk)
+            if len(chunk) == CHUNK:  # more may follow: let other requests run before building them
+                await asyncio.sleep(0)
         if messages:
             await sink.accept(messages)
     bind(messages=len(payload.events), rejected=len(payload.rejections))

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from bridge.errors import BrokerError, SpoolError, SpoolFull, Unavailable
-from bridge.message import Outbound, encode_record
+from bridge.message import CHUNK, Outbound, encode_record
 from bridge.publisher import Publisher
 from bridge.spool import Spool
 
@@ -73,9 +73,19 @@ class SpoolSink:
 
     async def accept(self, messages: Sequence[Outbound]) -> None:
         try:
-            await self._spool.append([encode_record(m) for m in messages])
+            await self._spool.append(await encode_records(messages))
         except SpoolFull:
             raise
         except SpoolError as exc:
             self._on_fatal(exc)
             raise Unavailable("spool_failed", "the spool cannot be written", self._retry_after) from None
+
+
+async def encode_records(messages: Sequence[Outbound]) -> list[bytes]:
+    """The spool records of ``messages``, letting other requests run between two chunks of them."""
+    records: list[bytes] = []
+    for start in range(0, len(messages), CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        records.extend([encode_record(m) for m in messages[start : start + CHUNK]])
+    return records

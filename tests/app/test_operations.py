@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from bridge import app as app_module
+from bridge import sink as sink_module
 from bridge.app import build_app
 from bridge.logs import configure_logging
+from bridge.message import Outbound
 from bridge.metrics import Metrics
 from bridge.ops import Operations, install_operations
 from bridge.settings import Settings
@@ -158,3 +162,51 @@ class TestRequestLog:
         assert line["delivery_id"] == answer["delivery_id"]
         assert (line["source"], line["status"], line["messages"], line["rejected"]) == ("Jam_4", 200, 1, 1)
         assert line["duration_ms"] >= 0
+
+
+class TestLargeWebhooks:
+    async def test_other_requests_run_between_chunks_of_a_large_webhook(
+        self, ops: tuple[Client, Operations], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A 2,500-ID webhook is built and encoded 1,000 messages at a time, and the event loop
+        runs other tasks between two chunks; every message still reaches the spool, in order."""
+        client, operations = ops
+        turns = 0
+        running = True
+
+        async def other_task() -> None:
+            nonlocal turns
+            while running:
+                turns += 1
+                await asyncio.sleep(0)
+
+        built_at: list[int] = []
+        encoded_at: list[int] = []
+        build_chunks = app_module.message_chunks
+        encode = sink_module.encode_record
+
+        def watched_chunks(*args: Any, **kwargs: Any) -> Iterator[list[Outbound]]:
+            for chunk in build_chunks(*args, **kwargs):
+                built_at.append(turns)
+                yield chunk
+
+        def watched_encode(message: Outbound) -> bytes:
+            encoded_at.append(turns)
+            return encode(message)
+
+        monkeypatch.setattr(app_module, "message_chunks", watched_chunks)
+        monkeypatch.setattr(sink_module, "encode_record", watched_encode)
+        other = asyncio.create_task(other_task())
+        try:
+            ids = list(range(1, 2501))
+            response = await client.post("/webhooks/servio/big", data=json.dumps({"Add": {"Guests": ids}}))
+        finally:
+            running = False
+            await other
+        assert response.status == 200
+        assert len(built_at) == 3
+        assert built_at == sorted(set(built_at)), "the loop did not run between two built chunks"
+        assert len(set(encoded_at)) == 3, "the loop did not run between two encoded chunks"
+        assert operations.spool is not None
+        entries = await operations.spool.read(after=0, limit=10_000)
+        assert [json.loads(e.record)[2].rsplit(".", 1)[1] for e in entries] == [str(i) for i in ids]
