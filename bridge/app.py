@@ -18,9 +18,17 @@ from bridge.errors import InvalidBody, RequestError, TooLarge, Unavailable
 from bridge.guard import GUARDED_PREFIX, build_guard
 from bridge.limits import Gate, read_body
 from bridge.logs import bind, end_request, request_line, start_request
-from bridge.message import CHUNK, DEFAULT_SOURCE, Delivery, Outbound, build_invalid_body, message_chunks
+from bridge.message import (
+    CHUNK,
+    DEFAULT_SOURCE,
+    Delivery,
+    Outbound,
+    build_invalid_body,
+    build_messages,
+    message_chunks,
+)
 from bridge.ops import OPERATIONS, RETRY_AFTER, WEBHOOK_PREFIX, Operations
-from bridge.payload import parse_payload
+from bridge.payload import Payload, parse_payload
 from bridge.settings import Settings
 from bridge.sink import Sink
 
@@ -79,13 +87,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
                 },
                 status=exc.status,
             )
-        messages: list[Outbound] = []
-        for chunk in message_chunks(
-            payload, delivery, exchange=settings.exchange, template=settings.routing_key
-        ):
-            messages.extend(chunk)
-            if len(chunk) == CHUNK:  # more may follow: let other requests run before building them
-                await asyncio.sleep(0)
+        if len(payload.events) <= CHUNK:
+            messages = build_messages(
+                payload, delivery, exchange=settings.exchange, template=settings.routing_key
+            )
+        else:
+            messages = await _build_in_chunks(payload, delivery, settings)
         if messages:
             await sink.accept(messages)
     bind(messages=len(payload.events), rejected=len(payload.rejections))
@@ -97,6 +104,16 @@ async def receive_webhook(request: web.Request) -> web.Response:
             "rejected": len(payload.rejections),
         }
     )
+
+
+async def _build_in_chunks(payload: Payload, delivery: Delivery, settings: Settings) -> list[Outbound]:
+    """``build_messages`` for a large webhook, letting other requests run between two chunks."""
+    messages: list[Outbound] = []
+    for chunk in message_chunks(payload, delivery, exchange=settings.exchange, template=settings.routing_key):
+        messages.extend(chunk)
+        if len(chunk) == CHUNK:  # more may follow: let other requests run before building them
+            await asyncio.sleep(0)
+    return messages
 
 
 async def healthz(_request: web.Request) -> web.Response:

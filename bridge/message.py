@@ -107,9 +107,14 @@ def message_id(delivery_id: str, event: Event) -> str:
 
 def build_messages(payload: Payload, delivery: Delivery, *, exchange: str, template: str) -> list[Outbound]:
     """Every message one webhook produces: its events in order, then its dead letters."""
-    return [
-        m for chunk in message_chunks(payload, delivery, exchange=exchange, template=template) for m in chunk
+    stamp = _Stamp(received_at_text(delivery), int(delivery.received_at.timestamp()))
+    messages = [
+        build_event(event, delivery, exchange=exchange, template=template, stamp=stamp)
+        for event in payload.events
     ]
+    if payload.rejections:
+        messages.extend(build_rejections(payload.rejections, delivery, exchange=exchange))
+    return messages
 
 
 def message_chunks(

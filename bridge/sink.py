@@ -73,7 +73,11 @@ class SpoolSink:
 
     async def accept(self, messages: Sequence[Outbound]) -> None:
         try:
-            await self._spool.append(await encode_records(messages))
+            if len(messages) <= CHUNK:
+                records = [encode_record(m) for m in messages]
+            else:
+                records = await encode_records(messages)
+            await self._spool.append(records)
         except SpoolFull:
             raise
         except SpoolError as exc:
