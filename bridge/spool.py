@@ -90,8 +90,8 @@ class Spool:
         self._checkpointer: sqlite3.Connection | None = None
         self._wal_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Transactions written, and the newest one the syncer was asked to make durable; the
-        # futures of appends waiting for a sync, oldest first, by their transaction number.
+        # Transactions written; the futures of appends waiting for a sync, oldest first, by their
+        # transaction number (``_waiting``).
         self._written = 0
         # To the syncer: the newest transaction to make durable, or None to stop. A C queue: putting
         # costs the loop no Python lock, and the syncer waits in C without the GIL.
