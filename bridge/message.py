@@ -107,7 +107,7 @@ def message_id(delivery_id: str, event: Event) -> str:
 
 def build_messages(payload: Payload, delivery: Delivery, *, exchange: str, template: str) -> list[Outbound]:
     """Every message one webhook produces: its events in order, then its dead letters."""
-    stamp = _Stamp(received_at_text(delivery), int(delivery.received_at.timestamp()))
+    stamp = _stamp(delivery)
     messages = [
         build_event(event, delivery, exchange=exchange, template=template, stamp=stamp)
         for event in payload.events
@@ -122,7 +122,7 @@ def message_chunks(
 ) -> Iterator[list[Outbound]]:
     """``build_messages`` in lists of at most ``size`` (its dead letters last), so that a caller on
     the event loop can let other requests run between two of them."""
-    stamp = _Stamp(received_at_text(delivery), int(delivery.received_at.timestamp()))
+    stamp = _stamp(delivery)
     events = payload.events
     for start in range(0, len(events), size):
         yield [
@@ -141,12 +141,16 @@ class _Stamp:
     seconds: int
 
 
+def _stamp(delivery: Delivery) -> _Stamp:
+    return _Stamp(received_at_text(delivery), int(delivery.received_at.timestamp()))
+
+
 def build_event(
     event: Event, delivery: Delivery, *, exchange: str, template: str, stamp: _Stamp | None = None
 ) -> Outbound:
     """The message for one event."""
     if stamp is None:
-        stamp = _Stamp(received_at_text(delivery), int(delivery.received_at.timestamp()))
+        stamp = _stamp(delivery)
     body = _compact_json(
         {
             "entity": event.entity,

@@ -47,13 +47,6 @@ WAL_BYTES_KEPT = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
-    seq: int
-    record: bytes
-    created: float
-
-
-@dataclass(frozen=True, slots=True)
 class SpoolStats:
     entries: int
     bytes: int
@@ -71,7 +64,8 @@ class Span:
 
 
 class Spool:
-    """Append, read in order, remove after confirm. One process per directory (flock).
+    """Append, and remove what was confirmed; ``SpoolReader`` reads in order. One process per
+    directory (flock).
 
     Raises (``open``):
         SpoolError: the directory cannot be used, or another process holds it.
@@ -86,7 +80,6 @@ class Spool:
         self._lock_file: IO[bytes] | None = None
         self._writer: sqlite3.Connection | None = None  # the event loop's thread only
         self._reader: sqlite3.Connection | None = None
-        self._read_lock = threading.Lock()
         self._checkpointer: sqlite3.Connection | None = None
         self._wal_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -146,7 +139,7 @@ class Spool:
         self._writer.execute("PRAGMA synchronous=OFF")
         self._writer.execute("PRAGMA wal_autocheckpoint=0")
         self._writer.execute(f"PRAGMA journal_size_limit={WAL_BYTES_KEPT}")
-        self._reader = self._connect(check_same_thread=False)
+        self._reader = self._connect()  # the event loop's thread only: counts and the oldest entry
         self._checkpointer = self._connect(check_same_thread=False, synchronous="FULL")
         row = self._reader.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(record)), 0) FROM spool").fetchone()
         self._entries, record_bytes = int(row[0]), int(row[1])
@@ -276,19 +269,6 @@ class Spool:
         await durable
         self.appended.set()
 
-    async def remove(self, entries: Sequence[Entry]) -> None:
-        """Forget entries RabbitMQ has confirmed (see ``remove_span``)."""
-        if not entries:
-            return
-        first, last = entries[0].seq, entries[-1].seq
-        record_bytes = sum(len(e.record) for e in entries)
-        if last - first + 1 == len(entries):
-            await self.remove_span(Span(first, last, len(entries), record_bytes))
-            return
-        await self._resumed_writes()
-        self._write("DELETE FROM spool WHERE seq = ?", [(e.seq,) for e in entries])
-        self._forget(len(entries), record_bytes)
-
     async def remove_span(self, span: Span) -> None:
         """Forget a span RabbitMQ has confirmed: every entry from ``first`` to ``last``, as read.
 
@@ -358,25 +338,10 @@ class Spool:
                 future.set_exception(self._failed)
         return self._failed
 
-    async def read(self, *, after: int, limit: int) -> list[Entry]:
-        """Up to ``limit`` entries with seq > ``after``, oldest first.
-
-        Raises:
-            SpoolCorrupt: the file can no longer be read.
-        """
-        return await asyncio.to_thread(self._read, after, limit)
-
-    def _read(self, after: int, limit: int) -> list[Entry]:
-        assert self._reader is not None
-        with self._read_lock:
-            rows = select_after(self._reader, self.path, after, limit)
-        return [Entry(seq, bytes(record), created) for seq, record, created in rows]
-
     def _oldest(self) -> float | None:
         if self._reader is None or self._entries == 0:
             return None
-        with self._read_lock:
-            row = self._reader.execute("SELECT created FROM spool ORDER BY seq LIMIT 1").fetchone()
+        row = self._reader.execute("SELECT created FROM spool ORDER BY seq LIMIT 1").fetchone()
         return None if row is None else float(row[0])
 
     # -- the syncer and checkpointer threads ------------------------------------------------
@@ -473,23 +438,6 @@ class Spool:
             self._flush()
 
 
-def select_after(
-    conn: sqlite3.Connection, path: Path, after: int, limit: int
-) -> list[tuple[int, bytes, float]]:
-    """Up to ``limit`` rows (seq, record, created) with seq > ``after``, oldest first.
-
-    Raises:
-        SpoolCorrupt: the file can no longer be read.
-    """
-    try:
-        rows: list[tuple[int, bytes, float]] = conn.execute(
-            "SELECT seq, record, created FROM spool WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-        ).fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise SpoolCorrupt(f"spool file {path} cannot be read: {exc}") from None
-    return rows
-
-
 class SpoolReader:
     """The drain's reads from another process: a read-only connection to a spool a bridge holds.
 
@@ -509,8 +457,13 @@ class SpoolReader:
         Raises:
             SpoolCorrupt: the file can no longer be read.
         """
-        rows = select_after(self._conn, self.path, after, limit)
-        records = [bytes(record) for _seq, record, _created in rows]
+        try:
+            rows: list[tuple[int, bytes]] = self._conn.execute(
+                "SELECT seq, record FROM spool WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise SpoolCorrupt(f"spool file {self.path} cannot be read: {exc}") from None
+        records = [bytes(record) for _seq, record in rows]
         if not rows:
             return Span(after, after, 0, 0), records
         return Span(rows[0][0], rows[-1][0], len(rows), sum(len(r) for r in records)), records

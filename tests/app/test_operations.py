@@ -21,7 +21,7 @@ from bridge.metrics import Metrics
 from bridge.ops import Operations, install_operations
 from bridge.settings import Settings
 from bridge.sink import SpoolSink
-from bridge.spool import Spool
+from bridge.spool import Spool, SpoolReader
 from tests.fakes import FakePublisher
 from tests.prom import sample
 
@@ -208,5 +208,9 @@ class TestLargeWebhooks:
         assert built_at == sorted(set(built_at)), "the loop did not run between two built chunks"
         assert len(set(encoded_at)) == 3, "the loop did not run between two encoded chunks"
         assert operations.spool is not None
-        entries = await operations.spool.read(after=0, limit=10_000)
-        assert [json.loads(e.record)[2].rsplit(".", 1)[1] for e in entries] == [str(i) for i in ids]
+        reader = SpoolReader(operations.spool.path)
+        try:
+            _, stored = reader.read(0, 10_000)
+        finally:
+            reader.close()
+        assert [json.loads(r)[2].rsplit(".", 1)[1] for r in stored] == [str(i) for i in ids]

@@ -26,9 +26,9 @@ class TestSpool:
         """Entries come back oldest first, and ``after`` pages through them."""
         await spool.append([b"a", b"b"])
         await spool.append([b"c"])
-        first = await spool.read(after=0, limit=2)
-        rest = await spool.read(after=first[-1].seq, limit=10)
-        assert [e.record for e in first + rest] == [b"a", b"b", b"c"]
+        span, first = records(spool, limit=2)
+        _, rest = records(spool, after=span.last)
+        assert first + rest == [b"a", b"b", b"c"]
 
     async def test_survives_reopen(self, tmp_path: Path) -> None:
         """What append returned for is there after the spool is closed and opened again."""
@@ -39,7 +39,7 @@ class TestSpool:
         two = Spool(tmp_path, max_bytes=1 << 20)
         two.open()
         try:
-            assert [e.record for e in await two.read(after=0, limit=10)] == [b"kept-1", b"kept-2"]
+            assert records(two)[1] == [b"kept-1", b"kept-2"]
             assert two.stats.entries == 2
             assert two.stats.bytes == 12 + 2 * ENTRY_OVERHEAD
         finally:
@@ -48,10 +48,10 @@ class TestSpool:
     async def test_seq_never_reused_after_emptying(self, spool: Spool) -> None:
         """After the spool empties, new entries still sort after every seq handed out before."""
         await spool.append([b"x"])
-        (old,) = await spool.read(after=0, limit=10)
-        await spool.remove([old])
+        old, (_only,) = records(spool)
+        await spool.remove_span(old)
         await spool.append([b"y"])
-        assert [e.record for e in await spool.read(after=old.seq, limit=10)] == [b"y"]
+        assert records(spool, after=old.last)[1] == [b"y"]
 
     async def test_a_reader_elsewhere_reads_what_was_appended_and_its_span_is_removed(
         self, spool: Spool
@@ -62,8 +62,8 @@ class TestSpool:
         await spool.append([b"four"])
         reader = SpoolReader(spool.path)
         try:
-            span, records = reader.read(0, 3)
-            assert records == [b"one", b"two", b"three"]
+            span, first = reader.read(0, 3)
+            assert first == [b"one", b"two", b"three"]
             assert (span.count, span.record_bytes) == (3, 11)
             await spool.remove_span(span)
             assert spool.stats.entries == 1
@@ -73,7 +73,7 @@ class TestSpool:
             assert reader.read(rest_span.last, 10) == (Span(rest_span.last, rest_span.last, 0, 0), [])
         finally:
             reader.close()
-        assert [e.record for e in await spool.read(after=0, limit=10)] == [b"four"]
+        assert records(spool)[1] == [b"four"]
 
     async def test_concurrent_appends_share_commits(self, spool: Spool) -> None:
         """200 concurrent appends are made durable in far fewer commits (group commit)."""
@@ -140,7 +140,7 @@ class TestSpool:
         async def churn() -> None:
             for _ in range(40):
                 await asyncio.gather(*(spool.append([record]) for _ in range(50)))
-                await spool.remove(await spool.read(after=0, limit=1000))
+                await spool.remove_span(records(spool, limit=1000)[0])
 
         await churn()
         await wait_for_checkpoints(spool, 2)
@@ -200,8 +200,7 @@ class TestSpool:
                 await small.append([b"x" * 100])
             assert refused.value.retry_after > 0
             assert small.stats.entries == 3
-            entries = await small.read(after=0, limit=10)
-            await small.remove(entries[:1])
+            await small.remove_span(records(small, limit=1)[0])
             await small.append([b"x" * 100])
             assert small.stats.entries == 3
         finally:
@@ -210,11 +209,19 @@ class TestSpool:
     async def test_removed_entries_are_gone(self, spool: Spool) -> None:
         """Removing confirmed entries frees their bytes and they are not read again."""
         await spool.append([b"1", b"2", b"3"])
-        entries = await spool.read(after=0, limit=10)
-        await spool.remove(entries[:2])
-        assert [e.record for e in await spool.read(after=0, limit=10)] == [b"3"]
+        await spool.remove_span(records(spool, limit=2)[0])
+        assert records(spool)[1] == [b"3"]
         assert spool.stats.entries == 1
         assert spool.stats.bytes == 1 + ENTRY_OVERHEAD
+
+
+def records(spool: Spool, *, after: int = 0, limit: int = 10) -> tuple[Span, list[bytes]]:
+    """What the publishing process would read: the span and records after seq ``after``."""
+    reader = SpoolReader(spool.path)
+    try:
+        return reader.read(after, limit)
+    finally:
+        reader.close()
 
 
 def wal_size(spool: Spool) -> int:

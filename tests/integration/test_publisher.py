@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from aio_pika.abc import AbstractChannel
@@ -28,6 +29,16 @@ class Seen:
         self.retries += 1
 
 
+def publisher_on(exchange: str, **options: Any) -> AmqpPublisher:
+    """A publisher to the local broker for ``exchange``, declaring nothing, with ``options``."""
+    return AmqpPublisher(
+        [AMQP_URL],
+        build_topology(exchange, "servio.{entity}.{action}", declare_queues=False),
+        connect_timeout=5,
+        **options,
+    )
+
+
 def outbound(exchange: str, n: int, key: str, *, routing_key: str = "servio.guests.update") -> Outbound:
     return Outbound(
         exchange=exchange,
@@ -47,13 +58,7 @@ class TestBatches:
         the order given, and each is reported confirmed once."""
         collected = await bind_all(amqp_channel, exchange_name)
         seen = Seen()
-        publisher = AmqpPublisher(
-            [AMQP_URL],
-            build_topology(exchange_name, "servio.{entity}.{action}", declare_queues=False),
-            window=16,
-            connect_timeout=5,
-            observer=seen,
-        )
+        publisher = publisher_on(exchange_name, window=16, observer=seen)
         keys = [f"guests.{k}" for k in range(40)]
         messages = [outbound(exchange_name, n, keys[(n * 7) % 40]) for n in range(2000)]
         try:
@@ -80,12 +85,7 @@ class TestBatches:
         delivered, and the same publisher goes on publishing afterwards."""
         collected = await bind_all(amqp_channel, exchange_name)
         seen = Seen()
-        publisher = AmqpPublisher(
-            [AMQP_URL],
-            build_topology(exchange_name, "servio.{entity}.{action}", declare_queues=False),
-            connect_timeout=5,
-            observer=seen,
-        )
+        publisher = publisher_on(exchange_name, observer=seen)
         good = [outbound(exchange_name, n, f"guests.{n}") for n in range(20)]
         lost = Outbound(
             exchange="",
@@ -113,11 +113,7 @@ class TestBatches:
     ) -> None:
         """A body larger than the negotiated frame (128 KiB on RabbitMQ) goes as several frames."""
         collected = await bind_all(amqp_channel, exchange_name)
-        publisher = AmqpPublisher(
-            [AMQP_URL],
-            build_topology(exchange_name, "servio.{entity}.{action}", declare_queues=False),
-            connect_timeout=5,
-        )
+        publisher = publisher_on(exchange_name)
         body = b'{"pad":"' + b"x" * 400_000 + b'"}'
         big = Outbound(
             exchange=exchange_name,
