@@ -28,6 +28,7 @@ import aiohttp
 import targets
 import uvloop
 from broker import Broker, pipelined_publish
+from cpu import broker_pids, per_request, sample
 from disk import describe, fsync_probe
 from load import PATH, LoadResult, run_load, wrk_available
 from proxy import LateProxy
@@ -71,9 +72,12 @@ async def measure(
     """Start ``target``, load it, follow its messages into ``queue``, fan out, stop it."""
     await target.start()
     try:
+        brokers = broker_pids()
+        before = sample(target.pids(), brokers)
         load = await run_load(
             target.base_url, seconds=args.seconds, connections=args.connections, python_load=args.python_load
         )
+        cpu = per_request(before, sample(before.processes, brokers), load.accepted, os.cpu_count() or 1)
         figures: dict[str, Any] = {
             "req_s": load.accepted_per_s,
             "p50_ms": load.p50_ms,
@@ -81,6 +85,7 @@ async def measure(
             "accepted": load.accepted_messages,
             "non2xx": load.non2xx,
             "errors": load.errors,
+            **{f"cpu_{name}": value for name, value in cpu.items()},
         }
         if queue is not None:
             figures.update(await follow(broker, queue, load))
@@ -264,7 +269,7 @@ async def main(args: argparse.Namespace) -> int:
     summary = summarise(rounds)
     checks = verdicts(summary, outage_result, fanout=args.fanout)
     print()
-    print(markdown(summary, checks, outage_result))
+    print(markdown(summary, checks, outage_result, connections=args.connections))
     if args.json:
         document = {
             "machine": info,

@@ -87,7 +87,13 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def markdown(summary: dict[str, Any], checks: list[dict[str, Any]], outage: dict[str, Any] | None) -> str:
+def markdown(
+    summary: dict[str, Any],
+    checks: list[dict[str, Any]],
+    outage: dict[str, Any] | None,
+    *,
+    connections: int = 32,
+) -> str:
     med = summary["medians"]
     lines = [
         "| target | accepted req/s | p50 ms | p99 ms | end-to-end msg/s | fan-out msg/s "
@@ -129,6 +135,7 @@ def markdown(summary: dict[str, Any], checks: list[dict[str, Any]], outage: dict
                 else "."
             ),
         ]
+    lines += _cpu_lines(med, connections)
     disk = med["disk"]
     if disk["seconds"]:
         lines += [
@@ -148,3 +155,40 @@ def markdown(summary: dict[str, Any], checks: list[dict[str, Any]], outage: dict
             f"came back, lost {_fmt(outage['lost'])}.",
         ]
     return "\n".join(lines)
+
+
+def _cpu_lines(med: dict[str, Any], connections: int) -> list[str]:
+    """Where each target's CPU went, per request, and what the bridge's cost allows at most."""
+    measured = [t for t in TARGETS if med[t].get("cpu_busy_us") is not None]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "CPU per accepted request during the load, in µs (from /proc): the target's processes, its "
+        "event loop's thread, RabbitMQ, the rest of the machine (the load generator, mostly); how "
+        "busy all CPUs were; and the rate the machine could carry at that cost with every CPU busy.",
+        "",
+        "| target | its processes | its event loop | RabbitMQ | the rest | machine busy | steal "
+        "| could carry req/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for target in measured:
+        m = med[target]
+        lines.append(
+            f"| {target} | {_fmt(m.get('cpu_target_us'))} | {_fmt(m.get('cpu_main_thread_us'))} "
+            f"| {_fmt(m.get('cpu_broker_us'))} | {_fmt(m.get('cpu_rest_us'))} "
+            f"| {_fmt(m.get('cpu_busy_pct'))}% | {_fmt(m.get('cpu_steal_pct'), 1)}% "
+            f"| {_fmt(m.get('cpu_max_req_s'))} |"
+        )
+    carry = med["bridge"].get("cpu_max_req_s")
+    if carry is not None:
+        # Little's law: with every connection always waiting, the mean answer is connections / rate.
+        needed = connections / (GOALS["p99_ms"] / 1000)
+        lines += [
+            "",
+            f"A p99 of {GOALS['p99_ms']:g} ms at {connections} connections needs a mean answer under "
+            f"{GOALS['p99_ms']:g} ms, so more than {_fmt(needed)} req/s (the mean answer is connections "
+            f"/ rate); at the CPU the bridge's pipeline spent per request, the machine could carry at most "
+            f"{_fmt(carry)} req/s.",
+        ]
+    return lines

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+CPU = ("cpu_target_us", "cpu_main_thread_us", "cpu_busy_us", "cpu_max_req_s")
 FIGURES = {
-    "ceiling": ("req_s", "p50_ms", "p99_ms", "peak_rss_mb"),
-    "naive": ("req_s", "p50_ms", "p99_ms", "e2e_msg_s", "fanout_msg_s", "peak_rss_mb", "lost"),
-    "bridge": ("req_s", "p50_ms", "p99_ms", "e2e_msg_s", "fanout_msg_s", "peak_rss_mb", "lost"),
+    "ceiling": ("req_s", "p50_ms", "p99_ms", "peak_rss_mb", *CPU),
+    "naive": ("req_s", "p50_ms", "p99_ms", "e2e_msg_s", "fanout_msg_s", "peak_rss_mb", "lost", *CPU),
+    "bridge": ("req_s", "p50_ms", "p99_ms", "e2e_msg_s", "fanout_msg_s", "peak_rss_mb", "lost", *CPU),
 }
 
 

@@ -41,3 +41,45 @@ class TestCeilingLatency:
         out = text(2.6)
         assert "p99 of the HTTP ceiling, which only reads and answers: 2.6 ms." in out
         assert "over the 10 ms goal" not in out
+
+
+def cpu_text(bridge_cpu: dict[str, float]) -> str:
+    module = report()
+    rounds = [
+        {
+            "ceiling": {"req_s": 6000.0, "p99_ms": 9.0},
+            "naive": {"req_s": 1500.0, "p99_ms": 40.0},
+            "bridge": {"req_s": 2500.0, "p99_ms": 21.0, **bridge_cpu},
+        }
+    ]
+    summary = module.summarise(rounds)
+    markdown: str = module.markdown(
+        summary, module.verdicts(summary, None, fanout=10_000), None, connections=64
+    )
+    return markdown
+
+
+class TestCpu:
+    def test_the_cpu_table_and_the_rate_the_goal_needs(self) -> None:
+        out = cpu_text(
+            {
+                "cpu_target_us": 569.0,
+                "cpu_main_thread_us": 386.0,
+                "cpu_broker_us": 162.0,
+                "cpu_rest_us": 64.0,
+                "cpu_busy_us": 795.0,
+                "cpu_busy_pct": 82.0,
+                "cpu_steal_pct": 2.1,
+                "cpu_max_req_s": 2516.0,
+            }
+        )
+        assert "| bridge | 569 | 386 | 162 | 64 | 82% | 2.1% | 2,516 |" in out
+        assert "| ceiling |" not in out.split("CPU per accepted request")[1]  # no figures, no row
+        # 64 connections / 10 ms.
+        assert "so more than 6,400 req/s" in out
+        assert "the machine could carry at most 2,516 req/s" in out
+
+    def test_no_cpu_figures_no_cpu_table(self) -> None:
+        out = cpu_text({})
+        assert "CPU per accepted request" not in out
+        assert "could carry at most" not in out

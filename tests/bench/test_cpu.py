@@ -1,0 +1,93 @@
+"""The benchmark's CPU accounting reads what /proc says a process, a thread and the machine spent."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+BURN = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end:\n    pass\n"
+
+
+def cpu() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_cpu", ROOT / "bench" / "cpu.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+class TestReadFromProc:
+    def test_a_process_burning_cpu_is_counted_for_it_its_main_thread_and_the_machine(self) -> None:
+        module = cpu()
+        burner = subprocess.Popen([sys.executable, "-c", BURN + "time.sleep(30)\n"])
+        try:
+            before = module.sample([burner.pid], [])
+            deadline = time.monotonic() + 20
+            while module.process_seconds(burner.pid) - before.processes[burner.pid] < 0.5:
+                assert time.monotonic() < deadline, "the burner never spent its CPU"
+                time.sleep(0.05)
+            after = module.sample([burner.pid], [])
+        finally:
+            burner.kill()
+            burner.wait()
+        assert after.processes[burner.pid] - before.processes[burner.pid] >= 0.5
+        assert after.main_thread - before.main_thread >= 0.5
+        assert after.busy - before.busy >= 0.5
+        figures = module.per_request(before, after, 1000, 2)
+        assert figures["target_us"] >= 500
+        assert figures["busy_us"] >= figures["target_us"] - 20  # ticks are 10 ms apart
+
+    def test_a_process_gone_counts_nothing_more(self) -> None:
+        module = cpu()
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        assert module.process_seconds(gone.pid) == 0.0
+
+    def test_the_local_rabbitmq_node_is_found(self) -> None:
+        """The suite's RabbitMQ runs on this machine: its Erlang VM is what the broker column reads."""
+        module = cpu()
+        pids = module.broker_pids()
+        assert pids
+        assert all(Path(f"/proc/{pid}/comm").read_text().strip() == "beam.smp" for pid in pids)
+
+
+class TestMachine:
+    def test_busy_leaves_out_idle_io_wait_and_steal(self) -> None:
+        """user nice system idle iowait irq softirq steal guest guest_nice, in ticks."""
+        module = cpu()
+        tick = module.TICK
+        ticks = " ".join(str(tick * n) for n in (1, 2, 3, 1000, 50, 4, 5, 7, 0, 0))
+        stat = f"cpu  {ticks}\ncpu0 1 2 3\n"
+        assert module.machine_seconds(stat) == (15.0, 7.0)
+
+
+class TestPerRequest:
+    def test_each_part_is_its_cpu_over_the_requests(self) -> None:
+        module = cpu()
+        before = module.CpuSample(
+            at=100.0, processes={1: 10.0, 2: 5.0}, main_thread=8.0, broker=50.0, busy=1000.0, steal=3.0
+        )
+        after = module.CpuSample(
+            at=110.0, processes={1: 13.0, 2: 6.0}, main_thread=10.5, broker=52.0, busy=1007.0, steal=3.2
+        )
+        figures = module.per_request(before, after, 10_000, 2)
+        assert figures["target_us"] == 400  # (3 + 1) s over 10,000 requests
+        assert figures["main_thread_us"] == 250
+        assert figures["broker_us"] == 200
+        assert round(figures["rest_us"], 6) == 100  # 7 s busy - 4 - 2
+        assert figures["busy_us"] == 700
+        assert figures["busy_pct"] == 35  # 7 s of 20 CPU-seconds
+        assert round(figures["steal_pct"], 6) == 1
+        assert round(figures["max_req_s"]) == 2857  # 2 CPUs / 700 µs
+
+    def test_no_request_accepted_gives_no_figures(self) -> None:
+        module = cpu()
+        same = module.CpuSample(at=1.0, processes={1: 1.0}, main_thread=1.0, broker=0.0, busy=1.0, steal=0.0)
+        assert module.per_request(same, same, 0, 2) == {}
