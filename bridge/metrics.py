@@ -13,11 +13,12 @@ from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bridge.message import Outbound
 from bridge.payload import KNOWN_ACTIONS, KNOWN_ENTITIES
+from bridge.spool import SYNC_BUCKETS, SyncTimes
 
 PREFIX = "servio_bridge"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -37,6 +38,7 @@ class State:
     broker_connected: bool
     broker_blocked: bool
     ready: bool
+    spool_sync: SyncTimes | None = None
 
 
 class Metrics:
@@ -197,6 +199,23 @@ class _StateCollector(Collector):
             s.broker_blocked,
         )
         yield _gauge("ready", "1 while /readyz answers 200.", s.ready)
+        if s.spool_sync is not None:
+            yield _sync_histogram(s.spool_sync)
+
+
+def _sync_histogram(times: SyncTimes) -> HistogramMetricFamily:
+    """The spool's fsync times as a Prometheus histogram: cumulative buckets, then +Inf."""
+    cumulative, buckets = 0, []
+    for bound, count in zip((*map(str, SYNC_BUCKETS), "+Inf"), times.counts, strict=True):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    return HistogramMetricFamily(
+        f"{PREFIX}_spool_sync_seconds",
+        "Time of each fsync of the spool's WAL, as the appends waiting for it saw it. Every webhook "
+        "answered 200 waited for one: a slow disk shows here first.",
+        buckets=buckets,
+        sum_value=times.sum,
+    )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

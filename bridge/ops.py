@@ -101,6 +101,7 @@ class Operations:
             broker_connected=self.broker.connected,
             broker_blocked=self.broker.blocked,
             ready=not self.problems(),
+            spool_sync=self.spool.sync_times if self.spool is not None else None,
         )
 
 

@@ -13,6 +13,7 @@ The drain's publishing process reads batches in order on a read-only connection 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import fcntl
@@ -51,6 +52,39 @@ class SpoolStats:
     entries: int
     bytes: int
     oldest: float | None
+
+
+# Upper bounds, in seconds, of the spool's fsync-time histogram (the last bucket is +Inf).
+SYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTimes:
+    """How long the fsyncs of the WAL took: a count per bucket of ``SYNC_BUCKETS`` (not
+    cumulative; the last one is past the largest bound), their number and their sum."""
+
+    counts: tuple[int, ...]
+    count: int
+    sum: float
+
+
+class _SyncClock:
+    """The fsync times, kept by the syncer thread and read by a scrape on the loop's thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = [0] * (len(SYNC_BUCKETS) + 1)
+        self._sum = 0.0
+
+    def record(self, seconds: float) -> None:
+        index = bisect.bisect_left(SYNC_BUCKETS, seconds)
+        with self._lock:
+            self._counts[index] += 1
+            self._sum += seconds
+
+    def read(self) -> SyncTimes:
+        with self._lock:
+            return SyncTimes(tuple(self._counts), sum(self._counts), self._sum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +143,7 @@ class Spool:
         self.appended = asyncio.Event()
         self.commits_covered = 0  # the newest transaction the last fsync made durable
         self.commits = 0  # fsyncs of the WAL: each makes every append before it durable
+        self._sync_clock = _SyncClock()
         self.checkpoints = 0
         self.whole_checkpoints = 0  # those that held the writer (see _checkpoint_whole)
 
@@ -237,6 +272,11 @@ class Spool:
     @property
     def writable(self) -> bool:
         return self._writer is not None and self._failed is None
+
+    @property
+    def sync_times(self) -> SyncTimes:
+        """How long each fsync of the WAL took, since the spool opened: every append waits for one."""
+        return self._sync_clock.read()
 
     async def append(self, records: Sequence[bytes]) -> None:
         """Keep ``records`` durably, in order, before returning.
@@ -367,10 +407,13 @@ class Spool:
             assert self._wal_fd is not None
             assert self._loop is not None
             error = None
+            started = time.perf_counter()
             try:
                 os.fdatasync(self._wal_fd)
             except OSError as exc:
                 error = SpoolError(f"spool fsync failed: {exc}")
+            # As the appends saw it: the system call, and the wait for the GIL after it.
+            self._sync_clock.record(time.perf_counter() - started)
             self.commits += 1
             self.commits_covered = target
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bridge import app as app_module
 from bridge import sink as sink_module
+from bridge import spool as spool_module
 from bridge.app import build_app
 from bridge.logs import configure_logging
 from bridge.message import Outbound
@@ -111,6 +113,47 @@ class TestMetrics:
         assert sample(text, "servio_bridge_ready") == 0
         route = "/webhooks/servio/{source}"
         assert sample(text, "servio_bridge_request_duration_seconds_count", route=route) == 4
+
+    async def test_each_spool_fsync_is_timed(self, ops: tuple[Client, Operations]) -> None:
+        """Every webhook answered 200 waited for an fsync of the spool: each one is in the histogram."""
+        client, operations = ops
+        for n in range(5):
+            assert (await client.post("/webhooks/servio", data=b'{"Add":{"Guests":[%d]}}' % n)).status == 200
+        assert operations.spool is not None
+        text = await (await client.get("/metrics")).text()
+        count = sample(text, "servio_bridge_spool_sync_seconds_count")
+        assert count is not None
+        assert count == operations.spool.commits >= 1
+        assert (sample(text, "servio_bridge_spool_sync_seconds_sum") or 0) > 0
+        bounds = ["0.0005", "0.001", "0.002", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0"]
+        cumulative = [
+            sample(text, "servio_bridge_spool_sync_seconds_bucket", le=b) for b in [*bounds, "+Inf"]
+        ]
+        assert None not in cumulative
+        assert cumulative == sorted(cumulative)  # type: ignore[type-var]
+        assert cumulative[-1] == count
+
+    async def test_a_slow_disk_shows_in_the_fsync_times(
+        self, ops: tuple[Client, Operations], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """fsyncs that take 30 ms land past the 25 ms bound, and the answers waited for them."""
+        client, _ = ops
+        real = spool_module.os.fdatasync
+
+        def slow(fd: int) -> None:
+            real(fd)
+            time.sleep(0.03)
+
+        monkeypatch.setattr(spool_module.os, "fdatasync", slow)
+        started = time.monotonic()
+        assert (await client.post("/webhooks/servio", data=b'{"Add":{"Guests":[1]}}')).status == 200
+        assert time.monotonic() - started >= 0.03
+        text = await (await client.get("/metrics")).text()
+        under = sample(text, "servio_bridge_spool_sync_seconds_bucket", le="0.025")
+        total = sample(text, "servio_bridge_spool_sync_seconds_count")
+        assert under is not None
+        assert total is not None
+        assert total - under >= 1
 
     async def test_sources_past_the_bound_are_other(self, ops: tuple[Client, Operations]) -> None:
         """Label values from the outside are bounded: a flood of sources ends up under "other"."""

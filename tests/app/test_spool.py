@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import SpoolCorrupt, SpoolError, SpoolFull
-from bridge.spool import ENTRY_OVERHEAD, FILE_NAME, Span, Spool, SpoolReader
+from bridge.spool import ENTRY_OVERHEAD, FILE_NAME, SYNC_BUCKETS, Span, Spool, SpoolReader, _SyncClock
 
 
 @pytest.fixture
@@ -257,3 +257,30 @@ class TestSpoolRefusesToStart:
         """Two bridges never share one spool directory."""
         with pytest.raises(SpoolError, match="in use"):
             Spool(spool.directory, max_bytes=1 << 20).open()
+
+
+class TestSyncTimes:
+    def test_each_time_falls_in_the_bucket_of_the_first_bound_not_below_it(self) -> None:
+        """Prometheus buckets are "less than or equal": a bound's own value belongs to it."""
+        clock = _SyncClock()
+        for seconds in (0.0001, 0.0005, 0.0006, 0.003, 0.003, 1.0, 7.5):
+            clock.record(seconds)
+        times = clock.read()
+        expected = [0] * (len(SYNC_BUCKETS) + 1)
+        expected[0] = 2  # 0.0001 and 0.0005
+        expected[1] = 1  # 0.0006
+        expected[SYNC_BUCKETS.index(0.005)] = 2
+        expected[SYNC_BUCKETS.index(1.0)] = 1
+        expected[-1] = 1  # past every bound
+        assert list(times.counts) == expected
+        assert times.count == 7
+        assert abs(times.sum - 8.5072) < 1e-9
+
+    async def test_an_open_spool_times_every_fsync(self, spool: Spool) -> None:
+        """As many times as fsyncs, each as long as an fsync at least takes (more than nothing)."""
+        assert spool.sync_times.count == spool.commits
+        for n in range(3):
+            await spool.append([b"record %d" % n])
+        times = spool.sync_times
+        assert times.count == spool.commits >= 1
+        assert times.sum > 0
