@@ -29,7 +29,7 @@ import targets
 import uvloop
 from broker import Broker, pipelined_publish
 from cpu import broker_pids, per_request, sample
-from disk import describe, fsync_probe
+from disk import describe, fsync_probe, spool_syncs, sync_buckets
 from load import PATH, LoadResult, run_load, wrk_available
 from proxy import LateProxy
 from report import markdown, summarise, verdicts
@@ -73,11 +73,13 @@ async def measure(
     await target.start()
     try:
         brokers = broker_pids()
+        syncs_before = await metrics_text(target)
         before = sample(target.pids(), brokers)
         load = await run_load(
             target.base_url, seconds=args.seconds, connections=args.connections, python_load=args.python_load
         )
         cpu = per_request(before, sample(before.processes, brokers), load.accepted, os.cpu_count() or 1)
+        syncs = spool_syncs(sync_buckets(syncs_before), sync_buckets(await metrics_text(target)))
         figures: dict[str, Any] = {
             "req_s": load.accepted_per_s,
             "p50_ms": load.p50_ms,
@@ -86,6 +88,7 @@ async def measure(
             "non2xx": load.non2xx,
             "errors": load.errors,
             **{f"cpu_{name}": value for name, value in cpu.items()},
+            **{f"sync_{name}": value for name, value in syncs.items()},
         }
         if queue is not None:
             figures.update(await follow(broker, queue, load))
@@ -96,6 +99,17 @@ async def measure(
         figures_exit = await target.stop()
     figures["exit_code"] = figures_exit
     return figures
+
+
+async def metrics_text(target: targets.Target) -> str:
+    """The target's /metrics, or "" when it has none (the ceiling and the naive bridge)."""
+    if target.name != "bridge":
+        return ""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        http.get(target.base_url + "/metrics") as response,
+    ):
+        return await response.text()
 
 
 async def follow(broker: Broker, queue: str, load: LoadResult) -> dict[str, Any]:

@@ -52,3 +52,42 @@ def describe(probe: dict[str, Any]) -> str:
         f"max {probe['max_ms']:.0f} ms; {probe['stalls']} over {STALL_MS:g} ms "
         f"({probe['stalled_ms']:.0f} ms in all) in {probe['seconds']:g} s"
     )
+
+
+SYNC_METRIC = "servio_bridge_spool_sync_seconds"
+
+
+def sync_buckets(metrics_text: str) -> dict[float, float]:
+    """The spool's fsync histogram in a /metrics text: upper bound (s, inf for +Inf) -> cumulative count."""
+    buckets: dict[float, float] = {}
+    prefix = SYNC_METRIC + '_bucket{le="'
+    for line in metrics_text.splitlines():
+        if line.startswith(prefix):
+            bound, _, value = line[len(prefix) :].partition('"} ')
+            buckets[float(bound)] = float(value)
+    return buckets
+
+
+def spool_syncs(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """The bridge's own fsyncs between two reads of its histogram: how many, the bucket bound
+    (ms) under which half and 99% of them fell, and the share over 5 and 10 ms."""
+    bounds = sorted(after)
+    cumulative = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = cumulative[-1] if cumulative else 0.0
+    if total <= 0:
+        return {}
+
+    def bound_of(share: float) -> float:
+        return next(b for b, c in zip(bounds, cumulative, strict=True) if c >= share * total) * 1000
+
+    def over(ms: float) -> float:
+        under = max((c for b, c in zip(bounds, cumulative, strict=True) if b * 1000 <= ms), default=0.0)
+        return 100 * (total - under) / total
+
+    return {
+        "fsyncs": int(total),
+        "p50_le_ms": bound_of(0.5),
+        "p99_le_ms": bound_of(0.99),
+        "over_5ms_pct": over(5),
+        "over_10ms_pct": over(10),
+    }

@@ -136,6 +136,16 @@ def markdown(
             ),
         ]
     lines += _cpu_lines(med, connections)
+    bridge = med["bridge"]
+    if bridge.get("sync_fsyncs"):
+        lines += [
+            "",
+            f"The bridge's own spool fsyncs during its load (servio_bridge_spool_sync_seconds): "
+            f"{_fmt(bridge['sync_fsyncs'])} of them, half under {_fmt(bridge.get('sync_p50_le_ms'), 1)} ms "
+            f"and 99% under {_fmt(bridge.get('sync_p99_le_ms'), 1)} ms (bucket bounds), "
+            f"{_fmt(bridge.get('sync_over_5ms_pct'), 1)}% over 5 ms and "
+            f"{_fmt(bridge.get('sync_over_10ms_pct'), 1)}% over 10 ms. Each answer waited for one.",
+        ]
     disk = med["disk"]
     if disk["seconds"]:
         lines += [

@@ -15,7 +15,17 @@ CPU = ("cpu_target_us", "cpu_main_thread_us", "cpu_busy_us", "cpu_max_req_s")
 FIGURES = {
     "ceiling": ("req_s", "p50_ms", "p99_ms", "peak_rss_mb", *CPU),
     "naive": ("req_s", "p50_ms", "p99_ms", "e2e_msg_s", "fanout_msg_s", "peak_rss_mb", "lost", *CPU),
-    "bridge": ("req_s", "p50_ms", "p99_ms", "e2e_msg_s", "fanout_msg_s", "peak_rss_mb", "lost", *CPU),
+    "bridge": (
+        "req_s",
+        "p50_ms",
+        "p99_ms",
+        "e2e_msg_s",
+        "fanout_msg_s",
+        "peak_rss_mb",
+        "lost",
+        *CPU,
+        "sync_fsyncs",
+    ),
 }
 
 

@@ -79,7 +79,24 @@ class TestCpu:
         assert "so more than 6,400 req/s" in out
         assert "the machine could carry at most 2,516 req/s" in out
 
+    def test_the_bridges_own_fsyncs(self) -> None:
+        out = cpu_text(
+            {
+                "sync_fsyncs": 1224.0,
+                "sync_p50_le_ms": 2.0,
+                "sync_p99_le_ms": 10.0,
+                "sync_over_5ms_pct": 7.8,
+                "sync_over_10ms_pct": 0.4,
+            }
+        )
+        assert (
+            "The bridge's own spool fsyncs during its load (servio_bridge_spool_sync_seconds): 1,224 of "
+            "them, half under 2.0 ms and 99% under 10.0 ms (bucket bounds), 7.8% over 5 ms and 0.4% over "
+            "10 ms."
+        ) in out
+
     def test_no_cpu_figures_no_cpu_table(self) -> None:
         out = cpu_text({})
         assert "CPU per accepted request" not in out
         assert "could carry at most" not in out
+        assert "own spool fsyncs" not in out
