@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from bridge.metrics import Metrics, State
 from bridge.spool import SYNC_BUCKETS, SyncTimes
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts import bench_module
 
 
 def disk() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_disk", ROOT / "bench" / "disk.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("disk")
 
 
 def exposition(counts: list[int]) -> str:

@@ -1,34 +1,24 @@
-"""The benchmark's report says when the 10 ms goal is beyond even the HTTP ceiling."""
+"""The benchmark's report: the ceiling's p99 against the goal, the CPU table, the spool's fsyncs."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts import bench_module
 
 
-def report() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def text(ceiling_p99: float) -> str:
-    module = report()
+def text(ceiling_p99: float = 9.0, bridge: dict[str, float] | None = None, connections: int = 32) -> str:
+    """The report of one round with these figures."""
+    module = bench_module("report")
     rounds = [
         {
             "ceiling": {"req_s": 6000.0, "p99_ms": ceiling_p99},
             "naive": {"req_s": 1500.0, "p99_ms": 40.0},
-            "bridge": {"req_s": 2500.0, "p99_ms": 21.0},
+            "bridge": {"req_s": 2500.0, "p99_ms": 21.0, **(bridge or {})},
         }
     ]
     summary = module.summarise(rounds)
-    markdown: str = module.markdown(summary, module.verdicts(summary, None, fanout=10_000), None)
+    markdown: str = module.markdown(
+        summary, module.verdicts(summary, None, fanout=10_000), None, connections=connections
+    )
     return markdown
 
 
@@ -43,26 +33,10 @@ class TestCeilingLatency:
         assert "over the 10 ms goal" not in out
 
 
-def cpu_text(bridge_cpu: dict[str, float]) -> str:
-    module = report()
-    rounds = [
-        {
-            "ceiling": {"req_s": 6000.0, "p99_ms": 9.0},
-            "naive": {"req_s": 1500.0, "p99_ms": 40.0},
-            "bridge": {"req_s": 2500.0, "p99_ms": 21.0, **bridge_cpu},
-        }
-    ]
-    summary = module.summarise(rounds)
-    markdown: str = module.markdown(
-        summary, module.verdicts(summary, None, fanout=10_000), None, connections=64
-    )
-    return markdown
-
-
 class TestCpu:
     def test_the_cpu_table_and_the_rate_the_goal_needs(self) -> None:
-        out = cpu_text(
-            {
+        out = text(
+            bridge={
                 "cpu_target_us": 569.0,
                 "cpu_main_thread_us": 386.0,
                 "cpu_broker_us": 162.0,
@@ -71,7 +45,8 @@ class TestCpu:
                 "cpu_busy_pct": 82.0,
                 "cpu_steal_pct": 2.1,
                 "cpu_max_req_s": 2516.0,
-            }
+            },
+            connections=64,
         )
         assert "| bridge | 569 | 386 | 162 | 64 | 82% | 2.1% | 2,516 |" in out
         assert "| ceiling |" not in out.split("CPU per accepted request")[1]  # no figures, no row
@@ -80,8 +55,8 @@ class TestCpu:
         assert "the machine could carry at most 2,516 req/s" in out
 
     def test_the_bridges_own_fsyncs(self) -> None:
-        out = cpu_text(
-            {
+        out = text(
+            bridge={
                 "sync_fsyncs": 1224.0,
                 "sync_p50_le_ms": 2.0,
                 "sync_p99_le_ms": 10.0,
@@ -96,7 +71,7 @@ class TestCpu:
         ) in out
 
     def test_no_cpu_figures_no_cpu_table(self) -> None:
-        out = cpu_text({})
+        out = text()
         assert "CPU per accepted request" not in out
         assert "could carry at most" not in out
         assert "own spool fsyncs" not in out

@@ -4,14 +4,11 @@ definitions: a duplicate is handled once, poison and hopeless messages go to ser
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aio_pika
@@ -23,24 +20,14 @@ from bridge.payload import Event
 from bridge.publisher import AmqpPublisher
 from bridge.topology import build_topology
 from tests.integration.imported_definitions import ImportedBroker, imported_definitions
+from tests.scripts import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "consume_guest_deletes.py"
 QUEUE = "servio.guests.delete"
 DEAD = "servio.dead"
 
 
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("consume_guest_deletes", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look the module up by name while the class bodies run.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-example = load_example()
+example = load_script(EXAMPLE, "consume_guest_deletes")
 
 
 @pytest.fixture(scope="module")
