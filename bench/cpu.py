@@ -99,7 +99,8 @@ def per_request(before: CpuSample, after: CpuSample, requests: int, cpus: int) -
     if requests <= 0:
         return {}
     elapsed = after.at - before.at
-    target = sum(after.processes.get(pid, 0.0) - spent for pid, spent in before.processes.items())
+    # A process gone by the second sample reads 0: what it spent is lost, never negative.
+    target = sum(max(0.0, after.processes.get(pid, 0.0) - spent) for pid, spent in before.processes.items())
     broker = after.broker - before.broker
     busy = after.busy - before.busy
 

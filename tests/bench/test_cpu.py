@@ -81,6 +81,17 @@ class TestPerRequest:
         assert round(figures["steal_pct"], 6) == 1
         assert round(figures["max_req_s"]) == 2857  # 2 CPUs / 700 µs
 
+    def test_a_process_gone_before_the_second_sample_counts_nothing(self) -> None:
+        """The bridge's publishing process may be replaced mid-run: its CPU is lost, not negative."""
+        module = cpu()
+        before = module.CpuSample(
+            at=0.0, processes={1: 2.0, 2: 9.0}, main_thread=2.0, broker=0.0, busy=20.0, steal=0.0
+        )
+        after = module.CpuSample(
+            at=1.0, processes={1: 3.0, 2: 0.0}, main_thread=3.0, broker=0.0, busy=22.0, steal=0.0
+        )
+        assert module.per_request(before, after, 1000, 2)["target_us"] == 1000
+
     def test_no_request_accepted_gives_no_figures(self) -> None:
         module = cpu()
         same = module.CpuSample(at=1.0, processes={1: 1.0}, main_thread=1.0, broker=0.0, busy=1.0, steal=0.0)
