@@ -31,24 +31,22 @@ class CpuSample:
 
 
 def _stat_seconds(path: str) -> float:
-    """utime + stime of a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat, in seconds."""
-    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    """utime + stime of a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat, in seconds; 0 once
+    the process is gone."""
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def process_seconds(pid: int) -> float:
     """CPU seconds of a process, all its threads; 0 once it is gone."""
-    try:
-        return _stat_seconds(f"/proc/{pid}/stat")
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
+    return _stat_seconds(f"/proc/{pid}/stat")
 
 
 def thread_seconds(pid: int, tid: int) -> float:
-    try:
-        return _stat_seconds(f"/proc/{pid}/task/{tid}/stat")
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
+    return _stat_seconds(f"/proc/{pid}/task/{tid}/stat")
 
 
 def machine_seconds(stat: str | None = None) -> tuple[float, float]:

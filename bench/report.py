@@ -197,8 +197,8 @@ def _cpu_lines(med: dict[str, Any], connections: int) -> list[str]:
         lines += [
             "",
             f"A p99 of {GOALS['p99_ms']:g} ms at {connections} connections needs a mean answer under "
-            f"{GOALS['p99_ms']:g} ms, so more than {_fmt(needed)} req/s (the mean answer is connections "
-            f"/ rate); at the CPU the bridge's pipeline spent per request, the machine could carry at most "
-            f"{_fmt(carry)} req/s.",
+            f"{GOALS['p99_ms']:g} ms (unless a few answers are far slower than all the rest), so more "
+            f"than {_fmt(needed)} req/s (the mean answer is connections / rate); at the CPU the bridge's "
+            f"pipeline spent per request, the machine could carry at most {_fmt(carry)} req/s.",
         ]
     return lines

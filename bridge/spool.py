@@ -61,11 +61,14 @@ SYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 @dataclass(frozen=True, slots=True)
 class SyncTimes:
     """How long the fsyncs of the WAL took: a count per bucket of ``SYNC_BUCKETS`` (not
-    cumulative; the last one is past the largest bound), their number and their sum."""
+    cumulative; the last one is past the largest bound) and their sum."""
 
     counts: tuple[int, ...]
-    count: int
     sum: float
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
 
 class _SyncClock:
@@ -84,7 +87,7 @@ class _SyncClock:
 
     def read(self) -> SyncTimes:
         with self._lock:
-            return SyncTimes(tuple(self._counts), sum(self._counts), self._sum)
+            return SyncTimes(tuple(self._counts), self._sum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,17 +321,11 @@ class Spool:
         """
         if span.count == 0:
             return
-        await self._resumed_writes()
-        self._write("DELETE FROM spool WHERE seq BETWEEN ? AND ?", [(span.first, span.last)])
-        self._forget(span.count, span.record_bytes)
-
-    async def _resumed_writes(self) -> None:
         while self._paused:
             await self._resumed.wait()
-
-    def _forget(self, count: int, record_bytes: int) -> None:
-        self._entries -= count
-        self._bytes -= record_bytes + ENTRY_OVERHEAD * count
+        self._write("DELETE FROM spool WHERE seq BETWEEN ? AND ?", [(span.first, span.last)])
+        self._entries -= span.count
+        self._bytes -= span.record_bytes + ENTRY_OVERHEAD * span.count
 
     def _write(self, statement: str, rows: Sequence[tuple[object, ...]]) -> None:
         """One transaction on the event loop's thread: into the page cache, made durable by the syncer."""

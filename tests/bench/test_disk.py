@@ -18,7 +18,7 @@ def disk() -> ModuleType:
 def exposition(counts: list[int]) -> str:
     """/metrics as the bridge renders it, with these fsyncs per bucket."""
     metrics = Metrics()
-    times = SyncTimes(tuple(counts), sum(counts), 0.001 * sum(counts))
+    times = SyncTimes(tuple(counts), 0.001 * sum(counts))
     metrics.watch(lambda: State(0, 0, None, True, False, True, spool_sync=times))
     return metrics.render().decode()
 
