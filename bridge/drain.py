@@ -12,13 +12,20 @@ from bridge.errors import BrokerError
 from bridge.spool import Span, Spool
 
 log = structlog.get_logger("bridge.drain")
+# Unconfirmed messages per batch while webhooks are arriving (see ``Drain``); 16 let the drain
+# keep up less well under load, 64 and more held answers up (docs/benchmarks.md, fifth round).
+BUSY_WINDOW = 32
 
 
 class SpanPublisher(Protocol):
     """Reads the spool and publishes what it read (``bridge.worker.ProcessPublisher``)."""
 
-    async def publish_after(self, after: int, limit: int, *, deadline: float | None = None) -> Span:
+    async def publish_after(
+        self, after: int, limit: int, *, deadline: float | None = None, window: int | None = None
+    ) -> Span:
         """Publish the (up to ``limit``) entries after seq ``after``; return once all are confirmed.
+
+        At most ``window`` of them are unconfirmed at once (the publisher's own window when None).
 
         Returns:
             The span published; count 0 when there was nothing after ``after``.
@@ -38,20 +45,31 @@ class Drain:
     message in it is confirmed, removes that span. A failed publish is retried (same records, same
     message_ids), so nothing leaves the spool unconfirmed and a later batch never overtakes an
     earlier one.
+
+    While webhooks keep arriving, a batch keeps at most ``busy_window`` messages unconfirmed
+    rather than the publisher's 256: RabbitMQ, when it shares the CPUs with the listener, then
+    gets its work in small pieces between answers instead of bursts (256 messages are ~15 ms of
+    its CPU here) that hold the answers up. With no webhook arriving, the full window drains a
+    backlog fastest.
     """
 
-    def __init__(self, spool: Spool, publisher: SpanPublisher, *, batch: int = 512) -> None:
+    def __init__(
+        self, spool: Spool, publisher: SpanPublisher, *, batch: int = 512, busy_window: int = BUSY_WINDOW
+    ) -> None:
         self._spool = spool
         self._publisher = publisher
         self._batch = batch
+        self._busy_window = busy_window
         self._idle = asyncio.Event()
 
     async def run(self) -> None:
         """Drain until cancelled."""
         after = 0
         while True:
+            # Set by every append since the last batch began (or by the one that ended a wait).
+            busy = self._spool.appended.is_set()
             self._spool.appended.clear()
-            span = await self._publish(after)
+            span = await self._publish(after, self._busy_window if busy else None)
             if span.count == 0:
                 self._idle.set()
                 with contextlib.suppress(TimeoutError):
@@ -61,10 +79,10 @@ class Drain:
             await self._spool.remove_span(span)
             after = span.last
 
-    async def _publish(self, after: int) -> Span:
+    async def _publish(self, after: int, window: int | None) -> Span:
         while True:
             try:
-                return await self._publisher.publish_after(after, self._batch)
+                return await self._publisher.publish_after(after, self._batch, window=window)
             except BrokerError as exc:  # the publishing process died mid-batch: a new one takes it again
                 log.warning("drain_publish_failed", error=str(exc))
                 await asyncio.sleep(1)

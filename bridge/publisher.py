@@ -65,9 +65,10 @@ class PublishObserver(Protocol):
 class AmqpPublisher:
     """One connection, one confirming channel, the topology declared on every (re)connect.
 
-    Within one ``publish`` call at most ``window`` messages are unconfirmed at once, and never
-    two with the same ``order_key``: a retry can then not overtake an earlier message of the
-    same guest, and no message_id is ever pending twice on a channel.
+    Within one ``publish`` call at most ``window`` messages are unconfirmed at once (or the
+    call's own ``window``), and never two with the same ``order_key``: a retry can then not
+    overtake an earlier message of the same guest, and no message_id is ever pending twice on a
+    channel.
     """
 
     def __init__(
@@ -161,8 +162,12 @@ class AmqpPublisher:
         self._closed = True
         await self._drop_connection()
 
-    async def publish(self, messages: Sequence[Outbound], *, deadline: float | None = None) -> None:
+    async def publish(
+        self, messages: Sequence[Outbound], *, deadline: float | None = None, window: int | None = None
+    ) -> None:
+        """``Publisher.publish``, with at most ``window`` unconfirmed (the publisher's own when None)."""
         remaining = list(messages)
+        window = self._window if window is None else max(1, window)
         stop: tenacity.stop.stop_base = tenacity.stop_never
         if deadline is not None:
             stop = tenacity.stop_after_delay(max(0.0, deadline - time.monotonic()))
@@ -177,7 +182,7 @@ class AmqpPublisher:
             with attempt:
                 if self._closed:
                     raise BrokerUnavailable("publisher is closed")
-                remaining, error = await self._publish_once(remaining, deadline)
+                remaining, error = await self._publish_once(remaining, deadline, window)
                 if error is not None:
                     raise error
 
@@ -188,7 +193,7 @@ class AmqpPublisher:
         log.debug("publish_retry", attempt=state.attempt_number, error=str(exc))
 
     async def _publish_once(
-        self, messages: list[Outbound], deadline: float | None
+        self, messages: list[Outbound], deadline: float | None, window: int
     ) -> tuple[list[Outbound], BrokerError | None]:
         """Publish ``messages``; return the unconfirmed ones and the first failure, if any."""
         try:
@@ -202,7 +207,7 @@ class AmqpPublisher:
             timeout = max(0.05, min(timeout, deadline - time.monotonic()))
         batch = _Batch(messages, self._observer)
         try:
-            await self._send_all(channel, batch, timeout)
+            await self._send_all(channel, batch, timeout, window)
         except AMQP_ERRORS as exc:
             batch.fail(exc)
         if batch.failure is None:
@@ -215,7 +220,9 @@ class AmqpPublisher:
             await self._drop_channel()
         return left, err
 
-    async def _send_all(self, channel: aiormq.Channel, batch: _Batch, confirm_within: float) -> None:
+    async def _send_all(
+        self, channel: aiormq.Channel, batch: _Batch, confirm_within: float, window: int
+    ) -> None:
         """Write the batch in chunks of what the window and the order rule allow, one write per
         chunk, and wait for confirms in between: aiormq's ``basic_publish`` costs a lock, a
         timeout, a queue hop and a socket write per message, more than RabbitMQ's own work."""
@@ -228,7 +235,7 @@ class AmqpPublisher:
                     await batch.wait_settled(confirm_within)
                 return
             chunk: list[bytes] = []
-            while next_index < len(messages) and len(batch.inflight) < self._window:
+            while next_index < len(messages) and len(batch.inflight) < window:
                 message = messages[next_index]
                 if message.order_key in batch.keys:
                     break  # an earlier message of this (entity, ID) is not confirmed yet

@@ -161,8 +161,11 @@ class ProcessPublisher:
         elif (reply := self._replies.pop(frame.get("id", -1), None)) is not None and not reply.done():
             reply.set_result(frame)
 
-    async def publish_after(self, after: int, limit: int, *, deadline: float | None = None) -> Span:
-        """Have the child read and publish the (up to ``limit``) spool entries after seq ``after``.
+    async def publish_after(
+        self, after: int, limit: int, *, deadline: float | None = None, window: int | None = None
+    ) -> Span:
+        """Have the child read and publish the (up to ``limit``) spool entries after seq ``after``,
+        at most ``window`` unconfirmed at once (its publisher's own window when None).
 
         The listener neither reads nor passes records on, and the child counts what it confirmed
         for the metrics: the drain costs the listener a request, an answer and the span's delete.
@@ -179,7 +182,10 @@ class ProcessPublisher:
         reply = asyncio.get_running_loop().create_future()
         self._replies[self._next_id] = reply
         try:
-            await _send(self._writer, {"id": self._next_id, "after": after, "limit": limit, "within": within})
+            await _send(
+                self._writer,
+                {"id": self._next_id, "after": after, "limit": limit, "within": within, "window": window},
+            )
         except OSError as exc:  # the child died since it started; supervise starts another
             self._replies.pop(self._next_id, None)
             raise BrokerUnavailable(f"the publishing process is gone: {exc!r}") from None
@@ -333,7 +339,7 @@ async def _publish(
     else:
         try:
             if messages:
-                await publisher.publish(messages, deadline=deadline)
+                await publisher.publish(messages, deadline=deadline, window=frame.get("window"))
         except BrokerError as exc:
             error = str(exc)
         except Exception as exc:  # the parent waits for an answer, whatever happened

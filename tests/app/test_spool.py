@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.drain import Drain
 from bridge.errors import SpoolCorrupt, SpoolError, SpoolFull
 from bridge.spool import ENTRY_OVERHEAD, FILE_NAME, SYNC_BUCKETS, Span, Spool, SpoolReader, _SyncClock
 
@@ -284,3 +285,50 @@ class TestSyncTimes:
         times = spool.sync_times
         assert times.count == spool.commits >= 1
         assert times.sum > 0
+
+
+class WindowsSeen:
+    """The drain's publisher, reading the real spool: records the window each batch was given,
+    and appends ``arrivals[n]`` while publishing batch n (webhooks that come in meanwhile)."""
+
+    def __init__(self, spool: Spool, arrivals: dict[int, list[bytes]]) -> None:
+        self.spool = spool
+        self.reader = SpoolReader(spool.path)
+        self.arrivals = arrivals
+        self.windows: list[int | None] = []
+        self.published: list[bytes] = []
+
+    async def publish_after(
+        self, after: int, limit: int, *, deadline: float | None = None, window: int | None = None
+    ) -> Span:
+        self.windows.append(window)
+        span, records = self.reader.read(after, limit)
+        if arriving := self.arrivals.pop(len(self.windows), []):
+            await self.spool.append(arriving)
+        self.published.extend(records)
+        return span
+
+
+class TestDrainWindow:
+    async def test_batches_begun_while_webhooks_arrive_keep_fewer_messages_unconfirmed(
+        self, spool: Spool
+    ) -> None:
+        """The first batch follows an append, the second begins after a batch during which nothing
+        arrived, the fourth follows one during which webhooks came in: only the quiet one gets
+        the publisher's own window."""
+        await spool.append([b"a", b"b"])
+        publisher = WindowsSeen(spool, arrivals={3: [b"d"]})
+        drain = Drain(spool, publisher, batch=10, busy_window=7)
+        task = asyncio.create_task(drain.run())
+        try:
+            await drain.wait_empty(5)
+            await spool.append([b"c"])
+            for _ in range(200):
+                if spool.stats.entries == 0 and len(publisher.windows) >= 5:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+            publisher.reader.close()
+        assert publisher.published == [b"a", b"b", b"c", b"d"]
+        assert publisher.windows[:5] == [7, None, 7, 7, None]

@@ -20,12 +20,16 @@ class Raising:
         self.exc = exc
         self.calls = 0
 
-    async def publish(self, messages: list[Outbound], *, deadline: float | None = None) -> None:
+    async def publish(
+        self, messages: list[Outbound], *, deadline: float | None = None, window: int | None = None
+    ) -> None:
         self.calls += 1
         raise self.exc
 
 
-async def answer_to(publisher: Any, records: list[bytes], directory: Path) -> dict[str, Any]:
+async def answer_to(
+    publisher: Any, records: list[bytes], directory: Path, *, window: int | None = None
+) -> dict[str, Any]:
     """What the child answers when asked for the batch of a spool that holds ``records``."""
     spool = Spool(directory, max_bytes=1 << 20)
     spool.open()
@@ -35,7 +39,7 @@ async def answer_to(publisher: Any, records: list[bytes], directory: Path) -> di
     reading = _Reading(spool.path)
     try:
         await spool.append(records)
-        frame = {"id": 7, "after": 0, "limit": 100, "within": 1.0}
+        frame = {"id": 7, "after": 0, "limit": 100, "within": 1.0, "window": window}
         await _publish(publisher, _Tally(), reading, frame, writer)
         answer = await asyncio.wait_for(_receive(reader), 5)
     finally:
@@ -89,9 +93,13 @@ class Recording:
 
     def __init__(self) -> None:
         self.batches: list[list[Outbound]] = []
+        self.windows: list[int | None] = []
 
-    async def publish(self, messages: list[Outbound], *, deadline: float | None = None) -> None:
+    async def publish(
+        self, messages: list[Outbound], *, deadline: float | None = None, window: int | None = None
+    ) -> None:
         self.batches.append(messages)
+        self.windows.append(window)
 
 
 class TestTheChildReadsTheSpool:
@@ -103,6 +111,12 @@ class TestTheChildReadsTheSpool:
         assert answer["corrupt"] is None
         assert answer["span"] == [1, 3, 3, sum(len(r) for r in records)]
         assert [encode_record(m) for m in publisher.batches[0]] == records
+
+    async def test_it_publishes_with_the_window_the_drain_asked_for(self, tmp_path: Path) -> None:
+        publisher = Recording()
+        await answer_to(publisher, [record()], tmp_path / "busy", window=32)
+        await answer_to(publisher, [record()], tmp_path / "quiet")
+        assert publisher.windows == [32, None]
 
     async def test_an_empty_spool_is_an_empty_span_and_no_publish(self, tmp_path: Path) -> None:
         publisher = Recording()

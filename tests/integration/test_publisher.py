@@ -50,7 +50,49 @@ def outbound(exchange: str, n: int, key: str, *, routing_key: str = "servio.gues
     )
 
 
+class CountingInFlight(AmqpPublisher):
+    """A publisher that keeps the most messages it ever had unconfirmed at once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unconfirmed = 0
+        self.most_unconfirmed = 0
+
+    def _register(self, channel: Any, message: Outbound) -> Any:
+        confirmation = super()._register(channel, message)
+        self.unconfirmed += 1
+        self.most_unconfirmed = max(self.most_unconfirmed, self.unconfirmed)
+
+        def settled(_: Any) -> None:
+            self.unconfirmed -= 1
+
+        confirmation.add_done_callback(settled)
+        return confirmation
+
+
 class TestBatches:
+    async def test_a_call_s_own_window_bounds_what_is_unconfirmed(
+        self, amqp_channel: AbstractChannel, exchange_name: str
+    ) -> None:
+        """The same 600 messages go out with up to the publisher's 256 unconfirmed, then with the
+        call's window of 8; both arrive whole."""
+        collected = await bind_all(amqp_channel, exchange_name)
+        publisher = CountingInFlight(
+            [AMQP_URL], build_topology(exchange_name, "servio.{entity}.{action}", declare_queues=False)
+        )
+        try:
+            wide = [outbound(exchange_name, n, f"guests.{n}") for n in range(600)]
+            await publisher.publish(wide, deadline=time.monotonic() + 30)
+            most_wide, publisher.most_unconfirmed = publisher.most_unconfirmed, 0
+            narrow = [outbound(exchange_name, 1000 + n, f"guests.{n}") for n in range(600)]
+            await publisher.publish(narrow, deadline=time.monotonic() + 30, window=8)
+        finally:
+            await publisher.close()
+        got = await collected.wait_for(1200, timeout=30)
+        assert sorted(m.message_id for m in got) == sorted(m.message_id for m in wide + narrow)
+        assert most_wide > 8
+        assert publisher.most_unconfirmed == 8
+
     async def test_many_keys_through_a_small_window_arrive_in_order_per_key(
         self, amqp_channel: AbstractChannel, exchange_name: str
     ) -> None:
