@@ -48,9 +48,9 @@ class Drain:
 
     While webhooks keep arriving, a batch keeps at most ``busy_window`` messages unconfirmed
     rather than the publisher's 256: RabbitMQ, when it shares the CPUs with the listener, then
-    gets its work in small pieces between answers instead of bursts (256 messages were ~15 ms of
-    its CPU on the benchmark's machine) that hold the answers up. With no webhook arriving, the full window drains a
-    backlog fastest.
+    gets its work in small pieces between answers instead of bursts that hold the answers up
+    (256 messages were ~15 ms of its CPU on the benchmark's machine). With no webhook arriving,
+    the full window drains a backlog fastest.
     """
 
     def __init__(
