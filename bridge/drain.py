@@ -12,9 +12,10 @@ from bridge.errors import BrokerError
 from bridge.spool import Span, Spool
 
 log = structlog.get_logger("bridge.drain")
-# Unconfirmed messages per batch while webhooks are arriving (see ``Drain``); 16 let the drain
-# keep up less well under load, 64 and more held answers up (docs/benchmarks.md, fifth round).
-BUSY_WINDOW = 32
+# Unconfirmed messages per batch while webhooks are arriving (see ``Drain``): 32 and more held
+# more answers up, 16 let the drain fall a little behind under load (docs/benchmarks.md, fifth
+# round); the p99 answer had less room to spare than the end-to-end rate.
+BUSY_WINDOW = 16
 
 
 class SpanPublisher(Protocol):
