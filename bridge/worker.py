@@ -93,7 +93,7 @@ async def _receive(reader: asyncio.StreamReader) -> dict[str, Any] | None:
 
 
 class ProcessPublisher:
-    """The drain's ``RecordPublisher``: publishing happens in a child process, kept running by
+    """The drain's ``SpanPublisher``: publishing happens in a child process, kept running by
     ``supervise``."""
 
     def __init__(self, config: WorkerConfig, *, observer: BatchObserver | None = None) -> None:

@@ -29,9 +29,9 @@ class Seen:
         self.retries += 1
 
 
-def publisher_on(exchange: str, **options: Any) -> AmqpPublisher:
-    """A publisher to the local broker for ``exchange``, declaring nothing, with ``options``."""
-    return AmqpPublisher(
+def publisher_on(exchange: str, kind: type[AmqpPublisher] = AmqpPublisher, **options: Any) -> AmqpPublisher:
+    """A publisher (of ``kind``) to the local broker for ``exchange``, declaring nothing, with ``options``."""
+    return kind(
         [AMQP_URL],
         build_topology(exchange, "servio.{entity}.{action}", declare_queues=False),
         connect_timeout=5,
@@ -77,9 +77,8 @@ class TestBatches:
         """The same 600 messages go out with up to the publisher's 256 unconfirmed, then with the
         call's window of 8; both arrive whole."""
         collected = await bind_all(amqp_channel, exchange_name)
-        publisher = CountingInFlight(
-            [AMQP_URL], build_topology(exchange_name, "servio.{entity}.{action}", declare_queues=False)
-        )
+        publisher = publisher_on(exchange_name, CountingInFlight)
+        assert isinstance(publisher, CountingInFlight)
         try:
             wide = [outbound(exchange_name, n, f"guests.{n}") for n in range(600)]
             await publisher.publish(wide, deadline=time.monotonic() + 30)
