@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 
@@ -20,17 +19,21 @@ def cpu() -> ModuleType:
 class TestReadFromProc:
     def test_a_process_burning_cpu_is_counted_for_it_its_main_thread_and_the_machine(self) -> None:
         module = cpu()
-        burner = subprocess.Popen([sys.executable, "-c", BURN + "time.sleep(30)\n"])
-        try:
-            before = module.sample([burner.pid], [])
-            deadline = time.monotonic() + 20
-            while module.process_seconds(burner.pid) - before.processes[burner.pid] < 0.5:
-                assert time.monotonic() < deadline, "the burner never spent its CPU"
-                time.sleep(0.05)
-            after = module.sample([burner.pid], [])
-        finally:
-            burner.kill()
-            burner.wait()
+        # It burns once told to, and says when it is done: the samples are taken around all of it.
+        script = "import sys\nsys.stdin.readline()\n" + BURN + "print('done', flush=True)\ntime.sleep(30)\n"
+        with subprocess.Popen(
+            [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        ) as burner:
+            assert burner.stdin is not None
+            assert burner.stdout is not None
+            try:
+                before = module.sample([burner.pid], [])
+                burner.stdin.write("go\n")
+                burner.stdin.flush()
+                assert burner.stdout.readline().strip() == "done"
+                after = module.sample([burner.pid], [])
+            finally:
+                burner.kill()
         assert after.processes[burner.pid] - before.processes[burner.pid] >= 0.5
         assert after.main_thread - before.main_thread >= 0.5
         assert after.busy - before.busy >= 0.5
