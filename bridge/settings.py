@@ -56,6 +56,11 @@ class Settings:
     publish_timeout: float = 10.0
     declare_queues: bool = True
     log_format: str = "json"
+    # Seconds the oldest spool entry may wait, with the broker connected and no confirm, before
+    # /readyz and the metrics say drain_stalled.
+    stall_after: float = 60.0
+    # Open HTTP connections; past it new ones wait in the kernel's backlog.
+    max_connections: int = 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -100,6 +105,8 @@ class Settings:
             publish_timeout=get("BRIDGE_PUBLISH_TIMEOUT", _seconds, d.publish_timeout),
             declare_queues=get("BRIDGE_DECLARE_QUEUES", _bool, d.declare_queues),
             log_format=get("BRIDGE_LOG_FORMAT", _log_format, d.log_format),
+            stall_after=get("BRIDGE_STALL_AFTER", _positive_seconds, d.stall_after),
+            max_connections=get("BRIDGE_MAX_CONNECTIONS", _positive_int, d.max_connections),
         )
 
     def __repr__(self) -> str:
