@@ -1,16 +1,22 @@
-"""The spool on a real disk: durable appends, order, group commit, the size bound, corruption."""
+"""The spool on a real disk: durable appends, order, group commit, the size bound, corruption,
+the quarantine, upgrades, a full disk and transient SQLite errors."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
+import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bridge.drain import Drain
 from bridge.errors import SpoolCorrupt, SpoolError, SpoolFull
+from bridge.inspection import read_quarantine, read_spool_stats
 from bridge.spool import ENTRY_OVERHEAD, FILE_NAME, SYNC_BUCKETS, Span, Spool, SpoolReader, _SyncClock
 
 
@@ -64,13 +70,13 @@ class TestSpool:
         reader = SpoolReader(spool.path)
         try:
             span, first = reader.read(0, 3)
-            assert first == [b"one", b"two", b"three"]
+            assert [record for _seq, record in first] == [b"one", b"two", b"three"]
             assert (span.count, span.record_bytes) == (3, 11)
             await spool.remove_span(span)
             assert spool.stats.entries == 1
             assert spool.stats.bytes == 4 + ENTRY_OVERHEAD
             rest_span, rest = reader.read(span.last, 10)
-            assert rest == [b"four"]
+            assert rest == [(span.last + 1, b"four")]
             assert reader.read(rest_span.last, 10) == (Span(rest_span.last, rest_span.last, 0, 0), [])
         finally:
             reader.close()
@@ -220,9 +226,10 @@ def records(spool: Spool, *, after: int = 0, limit: int = 10) -> tuple[Span, lis
     """What the publishing process would read: the span and records after seq ``after``."""
     reader = SpoolReader(spool.path)
     try:
-        return reader.read(after, limit)
+        span, rows = reader.read(after, limit)
     finally:
         reader.close()
+    return span, [record for _seq, record in rows]
 
 
 def wal_size(spool: Spool) -> int:
@@ -302,7 +309,8 @@ class WindowsSeen:
         self, after: int, limit: int, *, deadline: float | None = None, window: int | None = None
     ) -> Span:
         self.windows.append(window)
-        span, records = self.reader.read(after, limit)
+        span, rows = self.reader.read(after, limit)
+        records = [record for _seq, record in rows]
         if arriving := self.arrivals.pop(len(self.windows), []):
             await self.spool.append(arriving)
         self.published.extend(records)
@@ -332,3 +340,301 @@ class TestDrainWindow:
             publisher.reader.close()
         assert publisher.published == [b"a", b"b", b"c", b"d"]
         assert publisher.windows[:5] == [7, None, 7, 7, None]
+
+
+# Today's schema as release 1 wrote it, byte for byte: what an upgrade finds on disk.
+VERSION_1_SCHEMA = """
+    CREATE TABLE spool (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        record BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+    PRAGMA user_version = 1;
+"""
+
+
+def write_version_1_spool(directory: Path, records: list[bytes]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(directory / FILE_NAME, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(VERSION_1_SCHEMA)
+        conn.executemany("INSERT INTO spool (record, created) VALUES (?, ?)", [(r, 1.5e9) for r in records])
+    finally:
+        conn.close()
+
+
+class TestUpgrade:
+    async def test_a_version_1_spool_is_migrated_in_place_and_drained(self, tmp_path: Path) -> None:
+        """A spool written by the previous release opens, keeps every entry in order, gains the
+        quarantine table and version 2, and drains."""
+        kept = [b"first", b"second", b"third"]
+        write_version_1_spool(tmp_path, kept)
+        spool = Spool(tmp_path, max_bytes=1 << 20)
+        spool.open()
+        try:
+            assert spool.stats.entries == 3
+            assert spool.stats.quarantined == 0
+            span, read = records(spool)
+            assert read == kept
+            await spool.remove_span(span, quarantined=[(span.first, "broker_refused")])
+            assert spool.stats.entries == 0
+            assert spool.stats.quarantined == 1
+        finally:
+            spool.close()
+        conn = sqlite3.connect(tmp_path / FILE_NAME)
+        try:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+            assert conn.execute("SELECT seq, record FROM quarantine").fetchall() == [(1, b"first")]
+        finally:
+            conn.close()
+
+    async def test_a_newer_version_is_refused_untouched(self, tmp_path: Path) -> None:
+        """A spool written by a later release is not taken apart by this one."""
+        write_version_1_spool(tmp_path, [b"x"])
+        with sqlite3.connect(tmp_path / FILE_NAME) as conn:
+            conn.execute("PRAGMA user_version = 9")
+        with pytest.raises(SpoolCorrupt, match="version 9"):
+            Spool(tmp_path, max_bytes=1 << 20).open()
+
+
+class TestBoundedRead:
+    async def test_rows_stop_before_max_bytes_is_passed(self, spool: Spool) -> None:
+        """(seq, record) rows, oldest first, whose records add up to at most ``max_bytes``."""
+        await spool.append([b"a" * 100, b"b" * 100, b"c" * 100, b"d" * 100])
+        reader = SpoolReader(spool.path)
+        try:
+            span, rows = reader.read(0, 10, max_bytes=250)
+            assert [record for _seq, record in rows] == [b"a" * 100, b"b" * 100]
+            assert [seq for seq, _record in rows] == [span.first, span.first + 1]
+            assert (span.count, span.record_bytes, span.last) == (2, 200, span.first + 1)
+            _, rest = reader.read(span.last, 10, max_bytes=300)
+            assert [record for _seq, record in rest] == [b"c" * 100, b"d" * 100]
+        finally:
+            reader.close()
+
+    async def test_one_record_larger_than_max_bytes_is_still_read(self, spool: Spool) -> None:
+        """A record past the bound on its own is read alone, never skipped or stuck."""
+        await spool.append([b"x" * 1000, b"y"])
+        reader = SpoolReader(spool.path)
+        try:
+            span, rows = reader.read(0, 10, max_bytes=10)
+            assert [record for _seq, record in rows] == [b"x" * 1000]
+            assert span.count == 1
+        finally:
+            reader.close()
+
+
+class TestQuarantine:
+    async def test_listed_entries_move_to_the_quarantine_as_the_span_is_removed(self, spool: Spool) -> None:
+        """The listed seqs are kept in the quarantine with their reason; the span leaves the spool."""
+        await spool.append([b"good-1", b"poison", b"good-2"])
+        span, _ = records(spool)
+        await spool.remove_span(span, quarantined=[(span.first + 1, "broker_refused: frame too large")])
+        assert spool.stats.entries == 0
+        assert spool.stats.quarantined == 1
+        assert records(spool)[1] == []
+        (entry,) = read_quarantine(spool.directory)
+        assert entry.seq == span.first + 1
+        assert entry.record == b"poison"
+        assert entry.reason == "broker_refused: frame too large"
+        assert entry.quarantined >= entry.created
+        stats = read_spool_stats(spool.directory)
+        assert stats is not None
+        assert (stats.entries, stats.quarantined) == (0, 1)
+
+    async def test_the_quarantine_count_survives_a_restart(self, tmp_path: Path) -> None:
+        """The count comes from the file on open, not only from what this process moved."""
+        one = Spool(tmp_path, max_bytes=1 << 20)
+        one.open()
+        await one.append([b"p1", b"p2"])
+        span, _ = records(one)
+        await one.remove_span(span, quarantined=[(span.first, "r"), (span.last, "r")])
+        one.close()
+        two = Spool(tmp_path, max_bytes=1 << 20)
+        two.open()
+        try:
+            assert two.stats.quarantined == 2
+        finally:
+            two.close()
+
+
+class FlakyConnection:
+    """A read-only connection whose first ``failures`` queries fail as a transient error would."""
+
+    def __init__(self, real: sqlite3.Connection, failures: int, error: sqlite3.Error) -> None:
+        self.real = real
+        self.failures = failures
+        self.error = error
+
+    def execute(self, sql: str, parameters: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        if self.failures > 0:
+            self.failures -= 1
+            raise self.error
+        return self.real.execute(sql, parameters)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+class TestTransientErrors:
+    async def test_an_append_waits_out_another_connections_write_lock(self, spool: Spool) -> None:
+        """A second connection holding the write lock (``spool quarantine redrive``) delays an
+        append; it is written once the lock goes, and the spool stays writable."""
+        await spool.append([b"before"])
+        other = sqlite3.connect(spool.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            appending = asyncio.create_task(spool.append([b"during"]))
+            await asyncio.sleep(0.3)
+            assert not appending.done()
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        await asyncio.wait_for(appending, 5)
+        assert spool.writable
+        assert records(spool)[1] == [b"before", b"during"]
+
+    async def test_a_remove_waits_out_another_connections_write_lock(self, spool: Spool) -> None:
+        """The drain's delete is retried, not reported as a failed spool."""
+        await spool.append([b"confirmed"])
+        span, _ = records(spool)
+        other = sqlite3.connect(spool.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        removing = asyncio.create_task(spool.remove_span(span))
+        await asyncio.sleep(0.3)
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(removing, 5)
+        assert spool.writable
+        assert spool.stats.entries == 0
+
+    @pytest.mark.parametrize(
+        "error",
+        [sqlite3.OperationalError("database is locked"), sqlite3.OperationalError("disk I/O error")],
+        ids=["busy", "read_error"],
+    )
+    async def test_a_read_retries_a_transient_error(self, spool: Spool, error: sqlite3.Error) -> None:
+        """Busy or a read error twice, then the read goes through: never SpoolCorrupt."""
+        await spool.append([b"r"])
+        reader = SpoolReader(spool.path)
+        flaky = FlakyConnection(reader._conn, failures=2, error=error)
+        reader._conn = flaky  # type: ignore[assignment]
+        try:
+            _span, rows = reader.read(0, 10)
+            assert [record for _seq, record in rows] == [b"r"]
+            assert flaky.failures == 0
+        finally:
+            reader.close()
+
+    async def test_a_corrupt_file_is_still_reported_as_corrupt(self, spool: Spool) -> None:
+        """Only an integrity failure (SQLITE_CORRUPT, not a database) is SpoolCorrupt."""
+        reader = SpoolReader(spool.path)
+        reader._conn = FlakyConnection(  # type: ignore[assignment]
+            reader._conn, failures=100, error=sqlite3.DatabaseError("database disk image is malformed")
+        )
+        try:
+            with pytest.raises(SpoolCorrupt):
+                reader.read(0, 10)
+        finally:
+            reader.close()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of the test's own, unmounted afterwards (root only)."""
+    mount_point = tmp_path / "tiny-disk"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+async def fill(spool: Spool, record: bytes) -> int:
+    """Append ``record`` until the disk refuses (503 spool_full); return how many were kept."""
+    refusal: SpoolFull | None = None
+    kept = 0
+    while refusal is None and kept < 10_000:
+        try:
+            await spool.append([record])
+            kept += 1
+        except SpoolFull as refused:
+            refusal = refused
+    assert refusal is not None, "the disk never filled"
+    assert (refusal.code, refusal.retry_after > 0) == ("spool_full", True)
+    return kept
+
+
+def fill_the_disk(path: Path) -> None:
+    """Take whatever room is left on the file system of ``path``."""
+    with open(path, "wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 4096)
+            out.flush()
+
+
+class TestDiskFull:
+    async def test_a_full_disk_refuses_appends_keeps_the_rest_and_still_removes(
+        self, tiny_disk: Path
+    ) -> None:
+        """ENOSPC on an append: SpoolFull (rolled back, nothing half-kept), the spool stays
+        writable, every entry kept before is there, and confirmed entries can be removed on the
+        full disk; once the drain has made room, appends are taken again."""
+        spool = Spool(tiny_disk / "spool", max_bytes=1 << 30, reserve_bytes=512 * 1024)
+        spool.open()
+        try:
+            record = b"r" * 20_000
+            kept = await fill(spool, record)
+            assert kept > 10
+            assert spool.writable
+            assert spool.stats.entries == kept
+            span, read = records(spool, limit=100_000)
+            assert read == [record] * kept
+            await spool.remove_span(span)
+            assert spool.stats.entries == 0
+            assert spool.writable
+            for _ in range(100):  # the room check runs about once a second
+                try:
+                    await spool.append([b"after-room"])
+                    break
+                except SpoolFull:
+                    await asyncio.sleep(0.1)
+            assert records(spool, after=span.last)[1] == [b"after-room"]
+        finally:
+            spool.close()
+
+    async def test_a_spool_reopened_on_the_full_disk_opens_and_drains(self, tiny_disk: Path) -> None:
+        """Closed (or killed) while the disk is full, opened again with the disk still full: it
+        opens, every entry is there, and removing them works."""
+        directory = tiny_disk / "spool"
+        spool = Spool(directory, max_bytes=1 << 30, reserve_bytes=512 * 1024)
+        spool.open()
+        kept = await fill(spool, b"k" * 20_000)
+        spool.close()
+        # Whatever the close gave back is taken by someone else.
+        await asyncio.to_thread(fill_the_disk, tiny_disk / "filler")
+        again = Spool(directory, max_bytes=1 << 30, reserve_bytes=512 * 1024)
+        again.open()
+        try:
+            assert again.stats.entries == kept
+            reader = SpoolReader(again.path)
+            try:
+                after = 0
+                while True:
+                    span, rows = reader.read(after, 16)
+                    if not rows:
+                        break
+                    await again.remove_span(span)
+                    after = span.last
+            finally:
+                reader.close()
+            assert again.stats.entries == 0
+            assert again.writable
+        finally:
+            again.close()
