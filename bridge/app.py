@@ -27,7 +27,7 @@ from bridge.message import (
     build_messages,
     message_chunks,
 )
-from bridge.ops import OPERATIONS, RETRY_AFTER, WEBHOOK_PREFIX, Operations
+from bridge.ops import OPERATIONS, RETRY_AFTER, WEBHOOK_PREFIX, Operations, liveness_answer
 from bridge.payload import Payload, parse_payload
 from bridge.settings import Settings
 from bridge.sink import Sink
@@ -116,9 +116,14 @@ async def _build_in_chunks(payload: Payload, delivery: Delivery, settings: Setti
     return messages
 
 
-async def healthz(_request: web.Request) -> web.Response:
-    """The process is alive and its event loop answers."""
-    return _json({"status": "ok"})
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its event loop answers; with operations installed, 503 when it
+    cannot do its job (``bridge.ops.liveness_answer``), so an orchestrator restarts it."""
+    ops = request.app.get(OPERATIONS)
+    if ops is None:
+        return _json({"status": "ok"})
+    body, status = liveness_answer(ops)
+    return _json(body, status=status)
 
 
 async def openapi(_request: web.Request) -> web.Response:

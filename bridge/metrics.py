@@ -26,6 +26,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # distinct values per metric, new ones are counted as "other" so a flood cannot exhaust memory.
 MAX_LABEL_VALUES = 200
 OTHER = "other"
+# Failure classes and refusal reasons come from the publisher, a short known list: a bound this
+# small still keeps an unforeseen flood of new names from growing the registry.
+MAX_FAILURE_CLASSES = 16
+MAX_REFUSAL_REASONS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,11 @@ class State:
     broker_blocked: bool
     ready: bool
     spool_sync: SyncTimes | None = None
+    spool_quarantined: int = 0
+    drain_stalled: bool = False
+    last_confirm: float | None = None
+    loop_lag: float = 0.0
+    publisher_healthy: bool = True
 
 
 class Metrics:
@@ -50,6 +59,8 @@ class Metrics:
         # Label children by their raw values: ``labels()`` validates and locks on every call.
         self._webhook_children: dict[tuple[int, str], Counter] = {}
         self._route_children: dict[str, Histogram] = {}
+        # Wall time of the last confirm of at least one message: what tells a stalled drain apart.
+        self.last_confirm: float | None = None
         r = self.registry
         self.webhooks_received = Counter(
             f"{PREFIX}_webhooks_received",
@@ -76,7 +87,16 @@ class Metrics:
             registry=r,
         )
         self.publish_retries = Counter(
-            f"{PREFIX}_publish_retries", "Publish attempts that failed and were tried again.", registry=r
+            f"{PREFIX}_publish_retries",
+            "Publish attempts that failed and were tried again, by failure class, as they happen.",
+            ["class"],
+            registry=r,
+        )
+        self.messages_refused = Counter(
+            f"{PREFIX}_messages_refused",
+            "Messages RabbitMQ refused for good (sent on as dead letters or quarantined), by reason.",
+            ["reason"],
+            registry=r,
         )
         self.confirm_latency = Histogram(
             f"{PREFIX}_confirm_latency_seconds",
@@ -96,12 +116,12 @@ class Metrics:
         """Read the gauges from ``state()`` at every scrape."""
         self.registry.register(_StateCollector(state))
 
-    def label(self, metric: str, value: str) -> str:
-        """``value``, or "other" once ``metric`` has seen ``MAX_LABEL_VALUES`` distinct ones."""
+    def label(self, metric: str, value: str, *, bound: int = MAX_LABEL_VALUES) -> str:
+        """``value``, or "other" once ``metric`` has seen ``bound`` distinct ones."""
         seen = self._seen.setdefault(metric, set())
         if value in seen:
             return value
-        if len(seen) >= MAX_LABEL_VALUES:
+        if len(seen) >= bound:
             return OTHER
         seen.add(value)
         return value
@@ -125,14 +145,19 @@ class Metrics:
     def confirmed(self, message: Outbound, seconds: float) -> None:
         self.confirm_latency.observe(seconds)
         self._count_confirmed(confirm_key(message), 1)
+        self.last_confirm = time.time()
 
     def confirmed_batch(self, counts: Iterable[Sequence[Any]], latencies: Iterable[float]) -> None:
         """A batch confirmed in the publishing process: ``confirm_key`` tuples, each with a count
         as its last item, and every message's confirm latency."""
         for seconds in latencies:
             self.confirm_latency.observe(seconds)
+        confirmed = 0
         for *key, n in counts:
             self._count_confirmed(tuple(str(k) for k in key), int(n))
+            confirmed += int(n)
+        if confirmed > 0:
+            self.last_confirm = time.time()
 
     def _count_confirmed(self, key: tuple[str, ...], n: int) -> None:
         if key[0] == "dead":
@@ -145,8 +170,13 @@ class Metrics:
         if entity:
             self.unknown_names.labels("entity", self.label("unknown", entity)).inc(n)
 
-    def retried(self) -> None:
-        self.publish_retries.inc()
+    def retried(self, failure_class: str = OTHER) -> None:
+        """One publish attempt failed and is tried again."""
+        self.publish_retries.labels(self.label("class", failure_class, bound=MAX_FAILURE_CLASSES)).inc()
+
+    def refused(self, reason: str, n: int) -> None:
+        """``n`` messages were refused by RabbitMQ for good, for ``reason``."""
+        self.messages_refused.labels(self.label("refused", reason, bound=MAX_REFUSAL_REASONS)).inc(n)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything above."""
@@ -199,6 +229,32 @@ class _StateCollector(Collector):
             s.broker_blocked,
         )
         yield _gauge("ready", "1 while /readyz answers 200.", s.ready)
+        yield _gauge(
+            "spool_quarantined",
+            "Entries the broker refused even as dead letters, kept in the spool's quarantine table.",
+            s.spool_quarantined,
+        )
+        yield _gauge(
+            "drain_stalled",
+            "1 while the oldest spool entry has waited past BRIDGE_STALL_AFTER with the broker "
+            "connected and no confirm.",
+            s.drain_stalled,
+        )
+        yield _gauge(
+            "last_confirm_timestamp_seconds",
+            "Unix time of RabbitMQ's last confirm of a message (0 before the first).",
+            s.last_confirm or 0.0,
+        )
+        yield _gauge(
+            "event_loop_lag_seconds",
+            "The longest the event loop was late to wake in the last minute: how long it was blocked.",
+            s.loop_lag,
+        )
+        yield _gauge(
+            "publisher_healthy",
+            "0 once the publishing process repeatedly failed to run (/healthz answers 503).",
+            s.publisher_healthy,
+        )
         if s.spool_sync is not None:
             yield _sync_histogram(s.spool_sync)
 

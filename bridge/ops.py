@@ -1,4 +1,5 @@
-"""What operators see over HTTP: /readyz, /metrics, and the gate that turns webhooks away on shutdown.
+"""What operators see over HTTP: /readyz, /metrics, what /healthz checks, and the gate that turns
+webhooks away on shutdown.
 
 ``install_operations`` adds all of it to an app built by ``bridge.app.build_app``.
 """
@@ -6,17 +7,28 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import structlog
 from aiohttp import web
 
 from bridge.metrics import CONTENT_TYPE, Metrics, State
 from bridge.spool import Spool
 
+log = structlog.get_logger("bridge.ops")
 WEBHOOK_PREFIX = "/webhooks/"
 RETRY_AFTER = 5
+# Room a spool needs to take one more ordinary webhook; with less it is full rather than "nearly".
+SPOOL_ROOM = 1024
+# Problems that refuse traffic whatever else holds: nothing accepted now could be kept.
+ALWAYS_BLOCKING = frozenset({"shutting_down", "spool_not_writable", "spool_full"})
+# Without a spool a webhook waits for RabbitMQ: an outage or an alarm is then a refusal too.
+BLOCKING_WITHOUT_SPOOL = frozenset({"broker_disconnected", "broker_blocked"})
 
 
 class BrokerStatus(Protocol):
@@ -68,6 +80,45 @@ class ShutdownGate:
 
 
 @dataclass
+class LoopMonitor:
+    """Wakes every ``interval`` seconds and measures how late it woke: the event loop's lag.
+
+    A lag past ``threshold`` within the last ``window`` seconds means the loop was blocked (every
+    request waited that long): ``blocked`` says so, for /healthz.
+    """
+
+    interval: float = 0.5
+    threshold: float = 5.0
+    window: float = 60.0
+    _lags: collections.deque[tuple[float, float]] = field(default_factory=collections.deque)
+
+    async def run(self, each: Callable[[], None] | None = None) -> None:
+        """Measure until cancelled, calling ``each`` after every wake."""
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.interval)
+            now = time.monotonic()
+            self._lags.append((now, max(0.0, now - before - self.interval)))
+            self._forget(now)
+            if each is not None:
+                each()
+
+    def _forget(self, now: float) -> None:
+        while self._lags and self._lags[0][0] < now - self.window:
+            self._lags.popleft()
+
+    @property
+    def lag(self) -> float:
+        """The longest lag seen in the last ``window`` seconds."""
+        self._forget(time.monotonic())
+        return max((lag for _, lag in self._lags), default=0.0)
+
+    @property
+    def blocked(self) -> bool:
+        return self.lag > self.threshold
+
+
+@dataclass
 class Operations:
     """The running parts the operations endpoints look at."""
 
@@ -75,34 +126,100 @@ class Operations:
     spool: Spool | None
     metrics: Metrics
     gate: ShutdownGate = field(default_factory=ShutdownGate)
+    stall_after: float = 60.0
+    spool_max_bytes: int | None = None
+    monitor: LoopMonitor = field(default_factory=LoopMonitor)
+    # Running parts that ended when they should not have (named in /healthz).
+    stopped: list[str] = field(default_factory=list)
+    # Wall time since which the broker has been connected and unblocked, None while it is not.
+    _up_since: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.metrics.watch(self.state)
 
+    def observe(self) -> None:
+        """Note whether the broker is up now; the stall clock starts no earlier than that."""
+        if not self.broker.connected or self.broker.blocked:
+            self._up_since = None
+        elif self._up_since is None:
+            self._up_since = time.time()
+
     def problems(self) -> list[str]:
-        """Why the bridge is not ready; empty when it is."""
+        """Everything worth knowing about traffic now; empty when all is well."""
+        self.observe()
         found = []
         if self.gate.closed:
             found.append("shutting_down")
-        if self.spool is not None and not self.spool.writable:
-            found.append("spool_not_writable")
+        if self.spool is not None:
+            if not self.spool.writable:
+                found.append("spool_not_writable")
+            elif self._spool_full():
+                found.append("spool_full")
         if self.broker.blocked:
             found.append("broker_blocked")
         elif not self.broker.connected:
             found.append("broker_disconnected")
+        if self.drain_stalled():
+            found.append("drain_stalled")
+        return found
+
+    def blocking(self, problems: list[str]) -> list[str]:
+        """Those of ``problems`` that make /readyz 503: webhooks cannot be kept safe now."""
+        stop = ALWAYS_BLOCKING if self.spool is not None else ALWAYS_BLOCKING | BLOCKING_WITHOUT_SPOOL
+        return [p for p in problems if p in stop]
+
+    def _spool_full(self) -> bool:
+        assert self.spool is not None
+        bound = self.spool_max_bytes
+        return bound is not None and self.spool.stats.bytes + SPOOL_ROOM > bound
+
+    def drain_stalled(self) -> bool:
+        """The oldest entry has waited past ``stall_after`` while the broker was up and nothing was
+        confirmed: a bridge idle for hours, or a broker just back, starts a new wait, not a stall."""
+        if self.spool is None or not self.spool.writable or self._up_since is None:
+            return False
+        oldest = self.spool.stats.oldest
+        if oldest is None:
+            return False
+        waiting_since = max(oldest, self._up_since, self.metrics.last_confirm or 0.0)
+        return time.time() - waiting_since > self.stall_after
+
+    def liveness(self) -> list[str]:
+        """Why the process cannot do its job and should be restarted; empty while it can."""
+        found = []
+        if self.monitor.blocked:
+            found.append("event_loop_blocked")
+        if not getattr(self.broker, "healthy", True):
+            found.append("publisher_failing")
+        found.extend(self.stopped)
         return found
 
     def state(self) -> State:
         stats = self.spool.stats if self.spool is not None and self.spool.writable else None
+        problems = self.problems()
         return State(
             spool_entries=stats.entries if stats else 0,
             spool_bytes=stats.bytes if stats else 0,
             spool_oldest=stats.oldest if stats else None,
             broker_connected=self.broker.connected,
             broker_blocked=self.broker.blocked,
-            ready=not self.problems(),
+            ready=not self.blocking(problems),
             spool_sync=self.spool.sync_times if self.spool is not None else None,
+            # SpoolStats.quarantined arrives with the quarantine table; until then there is none.
+            spool_quarantined=int(getattr(stats, "quarantined", 0)) if stats else 0,
+            drain_stalled="drain_stalled" in problems,
+            last_confirm=self.metrics.last_confirm,
+            loop_lag=self.monitor.lag,
+            publisher_healthy=bool(getattr(self.broker, "healthy", True)),
         )
+
+    async def watching(self, _app: web.Application) -> AsyncIterator[None]:
+        """cleanup_ctx: the loop monitor, which also follows the broker's state between requests."""
+        task = asyncio.create_task(self.monitor.run(self.observe))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 OPERATIONS = web.AppKey("operations", Operations)
@@ -114,21 +231,33 @@ def install_operations(app: web.Application, operations: Operations) -> None:
     app[OPERATIONS] = operations
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(operations.watching)
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when webhooks flow to RabbitMQ; 503 naming what is wrong (a load balancer's check)."""
+    """200 while webhooks can be accepted safely now (a load balancer's check); 503 when they
+    cannot. Either way the body lists every problem, and which of them are ``blocking``."""
     ops = request.app[OPERATIONS]
     problems = ops.problems()
+    blocking = ops.blocking(problems)
     body: dict[str, object] = {
-        "status": "not_ready" if problems else "ready",
+        "status": "not_ready" if blocking else "degraded" if problems else "ready",
         "problems": problems,
+        "blocking": blocking,
         "broker": {"connected": ops.broker.connected, "blocked": ops.broker.blocked},
     }
     if ops.spool is not None:
         body["spool"] = {"writable": ops.spool.writable, "entries": ops.spool.stats.entries}
-    headers = {"Retry-After": str(RETRY_AFTER)} if problems else None
-    return web.json_response(body, status=503 if problems else 200, headers=headers)
+    headers = {"Retry-After": str(RETRY_AFTER)} if blocking else None
+    return web.json_response(body, status=503 if blocking else 200, headers=headers)
+
+
+def liveness_answer(ops: Operations) -> tuple[dict[str, object], int]:
+    """/healthz's body and status: 503 naming why the process should be restarted."""
+    problems = ops.liveness()
+    if problems:
+        return {"status": "unhealthy", "problems": problems}, 503
+    return {"status": "ok"}, 200
 
 
 async def metrics(request: web.Request) -> web.Response:

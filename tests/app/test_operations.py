@@ -19,10 +19,10 @@ from bridge import spool as spool_module
 from bridge.app import build_app
 from bridge.logs import configure_logging
 from bridge.message import Outbound
-from bridge.metrics import Metrics
-from bridge.ops import Operations, install_operations
+from bridge.metrics import MAX_FAILURE_CLASSES, Metrics
+from bridge.ops import LoopMonitor, Operations, install_operations
 from bridge.settings import Settings
-from bridge.sink import SpoolSink
+from bridge.sink import DirectSink, SpoolSink
 from bridge.spool import Spool, SpoolReader
 from tests.fakes import FakePublisher
 from tests.prom import sample
@@ -36,6 +36,10 @@ class FakeBroker(FakePublisher):
     def __init__(self) -> None:
         super().__init__()
         self.blocked = False
+        self.healthy = True
+
+    def reconnect(self) -> None:
+        self.fail_with = None
 
 
 @pytest.fixture
@@ -44,15 +48,46 @@ def broker() -> FakeBroker:
 
 
 @pytest.fixture
-async def ops(broker: FakeBroker, tmp_path: Path) -> AsyncIterator[tuple[Client, Operations]]:
-    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+def stall_after() -> float:
+    return 60.0
+
+
+@pytest.fixture
+def monitor() -> LoopMonitor:
+    return LoopMonitor()
+
+
+@pytest.fixture
+def spool_max_bytes() -> int:
+    return 1 << 20
+
+
+@pytest.fixture
+async def ops(
+    broker: FakeBroker, tmp_path: Path, stall_after: float, monitor: LoopMonitor, spool_max_bytes: int
+) -> AsyncIterator[tuple[Client, Operations]]:
+    spool = Spool(tmp_path / "spool", max_bytes=spool_max_bytes)
     spool.open()
     app = build_app(Settings(spool_dir=tmp_path / "spool"), SpoolSink(spool, on_fatal=lambda _e: None))
-    operations = Operations(broker, spool, Metrics())
+    operations = Operations(
+        broker, spool, Metrics(), stall_after=stall_after, monitor=monitor, spool_max_bytes=spool_max_bytes
+    )
     install_operations(app, operations)
     async with TestClient(TestServer(app)) as client:
         yield client, operations
     spool.close()
+
+
+@pytest.fixture
+async def spoolless(broker: FakeBroker) -> AsyncIterator[Client]:
+    """The app without a spool: every webhook waits for the broker."""
+    app = build_app(Settings(spool_dir=None), DirectSink(broker, timeout=1.0))
+    install_operations(app, Operations(broker, None, Metrics()))
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+WEBHOOK = b'{"Add":{"Guests":[1]}}'
 
 
 class TestReadiness:
@@ -61,34 +96,175 @@ class TestReadiness:
         client, _ = ops
         response = await client.get("/readyz")
         assert response.status == 200
-        assert (await response.json())["problems"] == []
+        body = await response.json()
+        assert (body["status"], body["problems"], body["blocking"]) == ("ready", [], [])
         assert (await client.get("/healthz")).status == 200
 
-    async def test_broker_down_is_503_and_webhooks_still_accepted(
+    async def test_broker_down_with_a_spool_is_reported_not_refused(
         self, ops: tuple[Client, Operations], broker: FakeBroker
     ) -> None:
-        """Not ready while the broker is gone, yet webhooks are still kept in the spool; healthz stays 200."""
+        """With a healthy spool a broker outage is in the body, not a 503: webhooks are still kept."""
         client, operations = ops
         broker.break_down()
         response = await client.get("/readyz")
-        assert response.status == 503
-        assert "Retry-After" in response.headers
-        assert (await response.json())["problems"] == ["broker_disconnected"]
+        assert response.status == 200
+        assert "Retry-After" not in response.headers
+        body = await response.json()
+        assert (body["status"], body["problems"], body["blocking"]) == (
+            "degraded",
+            ["broker_disconnected"],
+            [],
+        )
+        assert body["broker"] == {"connected": False, "blocked": False}
         assert (await client.get("/healthz")).status == 200
         posted = await client.post("/webhooks/servio/h1", data=b'{"Add":{"Guests":[1,2]}}')
         assert posted.status == 200
         assert operations.spool is not None
         assert operations.spool.stats.entries == 2
+        text = await (await client.get("/metrics")).text()
+        assert sample(text, "servio_bridge_ready") == 1
 
     async def test_blocked_broker_is_named(self, ops: tuple[Client, Operations], broker: FakeBroker) -> None:
-        """A connection blocked by a RabbitMQ alarm makes /readyz 503 with reason broker_blocked."""
+        """A connection blocked by a RabbitMQ alarm is named in /readyz; with a spool it stays 200."""
         client, _ = ops
         broker.blocked = True
         response = await client.get("/readyz")
+        assert response.status == 200
+        body = await response.json()
+        assert (body["problems"], body["blocking"]) == (["broker_blocked"], [])
+        assert body["broker"] == {"connected": True, "blocked": True}
+
+    async def test_without_a_spool_a_broker_outage_refuses(
+        self, spoolless: Client, broker: FakeBroker
+    ) -> None:
+        """Without a spool nothing can be kept while the broker is away: 503, Retry-After, blocking."""
+        assert (await spoolless.get("/readyz")).status == 200
+        broker.break_down()
+        response = await spoolless.get("/readyz")
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "5"
+        body = await response.json()
+        assert (body["status"], body["problems"], body["blocking"]) == (
+            "not_ready",
+            ["broker_disconnected"],
+            ["broker_disconnected"],
+        )
+        broker.reconnect()
+        broker.blocked = True
+        assert (await (await spoolless.get("/readyz")).json())["blocking"] == ["broker_blocked"]
+
+    @pytest.mark.parametrize("spool_max_bytes", [4096])
+    async def test_full_spool_refuses(self, ops: tuple[Client, Operations]) -> None:
+        """A spool at its bound is spool_full and blocking: 503 until it has room again."""
+        client, _ = ops
+        for n in range(100):
+            posted = await client.post("/webhooks/servio", data=b'{"Add":{"Guests":[%d]}}' % n)
+            if posted.status == 503:
+                break
+        else:
+            raise AssertionError("the spool never filled")
+        response = await client.get("/readyz")
         assert response.status == 503
         body = await response.json()
-        assert body["problems"] == ["broker_blocked"]
-        assert body["broker"] == {"connected": True, "blocked": True}
+        assert (body["problems"], body["blocking"]) == (["spool_full"], ["spool_full"])
+
+    async def test_closed_spool_is_not_writable(self, ops: tuple[Client, Operations]) -> None:
+        """A spool that cannot be written is spool_not_writable and blocking."""
+        client, operations = ops
+        assert operations.spool is not None
+        operations.spool.close()
+        body = await (await client.get("/readyz")).json()
+        assert body["blocking"] == ["spool_not_writable"]
+        operations.spool.open()
+
+
+class TestStall:
+    @pytest.mark.parametrize("stall_after", [0.3])
+    async def test_waiting_entry_with_the_broker_connected_is_a_stall(
+        self, ops: tuple[Client, Operations]
+    ) -> None:
+        """The oldest entry waits past BRIDGE_STALL_AFTER with the broker up and no confirm:
+        drain_stalled, in the body and the metrics, not blocking; a confirm clears it."""
+        client, operations = ops
+        assert (await client.post("/webhooks/servio", data=WEBHOOK)).status == 200
+        assert (await (await client.get("/readyz")).json())["problems"] == []
+        await asyncio.sleep(0.4)
+        response = await client.get("/readyz")
+        assert response.status == 200
+        body = await response.json()
+        assert (body["status"], body["problems"], body["blocking"]) == ("degraded", ["drain_stalled"], [])
+        text = await (await client.get("/metrics")).text()
+        assert sample(text, "servio_bridge_drain_stalled") == 1
+        assert sample(text, "servio_bridge_ready") == 1
+        before = time.time()
+        operations.metrics.confirmed_batch([["published", "servio.guests.add", "", "", 1]], [0.01])
+        assert (await (await client.get("/readyz")).json())["problems"] == []
+        text = await (await client.get("/metrics")).text()
+        assert sample(text, "servio_bridge_drain_stalled") == 0
+        assert (sample(text, "servio_bridge_last_confirm_timestamp_seconds") or 0) >= before
+
+    @pytest.mark.parametrize("stall_after", [0.3])
+    async def test_an_idle_bridge_is_not_stalled_by_its_next_webhook(
+        self, ops: tuple[Client, Operations]
+    ) -> None:
+        """The last confirm long ago is no stall: a new entry gets its own BRIDGE_STALL_AFTER."""
+        client, operations = ops
+        operations.metrics.confirmed_batch([["published", "servio.guests.add", "", "", 1]], [0.01])
+        await asyncio.sleep(0.5)  # idle longer than stall_after
+        assert (await client.post("/webhooks/servio", data=WEBHOOK)).status == 200
+        assert (await (await client.get("/readyz")).json())["problems"] == []
+
+    @pytest.mark.parametrize("stall_after", [0.3])
+    async def test_a_broker_back_from_an_outage_gets_its_own_time(
+        self, ops: tuple[Client, Operations], broker: FakeBroker
+    ) -> None:
+        """Entries kept through an outage are no stall the moment the broker is back; only later."""
+        client, _ = ops
+        broker.break_down()
+        assert (await client.post("/webhooks/servio", data=WEBHOOK)).status == 200
+        await asyncio.sleep(0.4)
+        assert (await (await client.get("/readyz")).json())["problems"] == ["broker_disconnected"]
+        broker.reconnect()
+        assert (await (await client.get("/readyz")).json())["problems"] == []
+        await asyncio.sleep(0.4)
+        assert (await (await client.get("/readyz")).json())["problems"] == ["drain_stalled"]
+
+    async def test_no_confirm_yet_means_no_timestamp(self, ops: tuple[Client, Operations]) -> None:
+        """Before any confirm the last-confirm gauge is 0; a batch that confirmed nothing moves nothing."""
+        client, operations = ops
+        operations.metrics.confirmed_batch([], [])
+        text = await (await client.get("/metrics")).text()
+        assert sample(text, "servio_bridge_last_confirm_timestamp_seconds") == 0
+
+
+class TestLiveness:
+    async def test_a_failing_publisher_is_a_503(
+        self, ops: tuple[Client, Operations], broker: FakeBroker
+    ) -> None:
+        """A publisher that can no longer be run (``healthy`` False) turns /healthz 503 with the reason."""
+        client, _ = ops
+        assert (await client.get("/healthz")).status == 200
+        broker.healthy = False
+        response = await client.get("/healthz")
+        assert response.status == 503
+        assert (await response.json())["problems"] == ["publisher_failing"]
+
+    @pytest.mark.parametrize("monitor", [LoopMonitor(interval=0.05, threshold=0.2, window=1.0)])
+    async def test_a_blocked_event_loop_is_a_503_for_a_while(self, ops: tuple[Client, Operations]) -> None:
+        """An event loop held for longer than the threshold shows in /healthz and the lag gauge,
+        and clears once the window has passed."""
+        client, _ = ops
+        await asyncio.sleep(0.1)
+        assert (await client.get("/healthz")).status == 200
+        time.sleep(0.4)  # noqa: ASYNC251 - the point: the event loop is blocked, nothing else runs
+        await asyncio.sleep(0.15)
+        response = await client.get("/healthz")
+        assert response.status == 503
+        assert (await response.json())["problems"] == ["event_loop_blocked"]
+        text = await (await client.get("/metrics")).text()
+        assert (sample(text, "servio_bridge_event_loop_lag_seconds") or 0) >= 0.3
+        await asyncio.sleep(1.2)
+        assert (await client.get("/healthz")).status == 200
 
 
 class TestMetrics:
@@ -110,7 +286,7 @@ class TestMetrics:
         assert (sample(text, "servio_bridge_spool_oldest_age_seconds") or -1) >= 0
         assert sample(text, "servio_bridge_broker_connected") == 1
         assert sample(text, "servio_bridge_broker_blocked") == 1
-        assert sample(text, "servio_bridge_ready") == 0
+        assert sample(text, "servio_bridge_ready") == 1  # a blocked broker with a spool refuses nothing
         route = "/webhooks/servio/{source}"
         assert sample(text, "servio_bridge_request_duration_seconds_count", route=route) == 4
 
@@ -164,6 +340,40 @@ class TestMetrics:
         assert sample(text, "servio_bridge_webhooks_received_total", status="200", source="other") == 50
         assert sample(text, "servio_bridge_webhooks_received_total", status="200", source="s199") == 1
 
+    async def test_retries_by_class_with_a_bounded_label_set(self) -> None:
+        """Each retry counts under its failure class; past the bound new classes are "other"."""
+        metrics = Metrics()
+        metrics.retried("connection")
+        metrics.retried("connection")
+        metrics.retried()
+        for n in range(40):
+            metrics.retried(f"class_{n}")
+        text = metrics.render().decode()
+        assert sample(text, "servio_bridge_publish_retries_total", **{"class": "connection"}) == 2
+        classes = {
+            line.split('class="')[1].split('"')[0]
+            for line in text.splitlines()
+            if line.startswith("servio_bridge_publish_retries_total{")
+        }
+        assert len(classes) <= MAX_FAILURE_CLASSES + 1
+        assert sample(text, "servio_bridge_publish_retries_total", **{"class": "other"}) is not None
+
+    async def test_refusals_by_reason(self) -> None:
+        """Messages the broker refused for good are counted by reason, with their count."""
+        metrics = Metrics()
+        metrics.refused("frame_too_large", 3)
+        metrics.refused("frame_too_large", 1)
+        metrics.refused("precondition_failed", 2)
+        text = metrics.render().decode()
+        assert sample(text, "servio_bridge_messages_refused_total", reason="frame_too_large") == 4
+        assert sample(text, "servio_bridge_messages_refused_total", reason="precondition_failed") == 2
+
+    async def test_quarantined_entries_are_a_gauge(self, ops: tuple[Client, Operations]) -> None:
+        """The spool's quarantine count is exported (0 while there is none)."""
+        client, _ = ops
+        text = await (await client.get("/metrics")).text()
+        assert sample(text, "servio_bridge_spool_quarantined") == 0
+
     async def test_registries_do_not_collide(self) -> None:
         """Two apps in one process keep their own counts."""
         first, second = Metrics(), Metrics()
@@ -188,7 +398,9 @@ class TestShutdownGate:
         assert (await response.json())["error"] == "shutting_down"
         assert operations.spool is not None
         assert operations.spool.stats.entries == 0
-        assert (await (await client.get("/readyz")).json())["problems"] == ["shutting_down"]
+        ready = await client.get("/readyz")
+        assert ready.status == 503
+        assert (await ready.json())["blocking"] == ["shutting_down"]
         assert (await client.get("/healthz")).status == 200
 
 
