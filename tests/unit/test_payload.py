@@ -6,15 +6,15 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.errors import InvalidBody
+from bridge.errors import InvalidBody, TooLarge
 from bridge.payload import (
+    BigNumber,
     Event,
     Payload,
     Rejection,
@@ -35,6 +35,14 @@ Triple = tuple[str, str, int]
 def parse(doc: Any) -> Payload:
     """Parse ``doc`` as Servio would send it: JSON bytes."""
     return parse_payload(json.dumps(doc).encode())
+
+
+def decoded(literal: bytes) -> Any:
+    """A JSON value as the parser keeps it: numbers no float or 64-bit integer holds, as written."""
+    value = json.loads(literal)
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return BigNumber(literal.decode())
+    return value
 
 
 def triples(payload: Payload) -> list[Triple]:
@@ -155,7 +163,7 @@ class TestIds:
         raw = b'{"Add":{"Guests":[11,' + literal + b",22]}}"
         payload = parse_payload(raw)
         assert triples(payload) == [("add", "guests", 11), ("add", "guests", 22)]
-        assert payload.rejections == (Rejection("bad_id", ("Add", "Guests", 1), orjson.loads(literal)),)
+        assert payload.rejections == (Rejection("bad_id", ("Add", "Guests", 1), decoded(literal)),)
 
     def test_path_keeps_keys_as_written(self) -> None:
         """The rejection path holds the keys exactly as Servio wrote them, and the list index."""
@@ -407,7 +415,10 @@ class TestInvalidBody:
             pytest.param(b"{'Add': null}", id="single-quotes"),
             pytest.param(b'{"Add":null}}', id="trailing-brace"),
             pytest.param(b'{"Add":NaN}', id="nan"),
-            pytest.param(b'{"Add":1e400}', id="infinite-number"),
+            pytest.param(b'{"Add":Infinity}', id="infinity-literal"),
+            pytest.param(b'{"Add":{"Guests":[-Infinity]}}', id="minus-infinity-literal"),
+            pytest.param(b"\xef\xbb\xbf", id="only-a-bom"),
+            pytest.param(b"\xef\xbb\xbf\xef\xbb\xbf{}", id="two-boms"),
             pytest.param(b'\xff\xfe{"Add":null}', id="not-utf8"),
             pytest.param(b'{"Add":"\\ud800"}', id="lone-surrogate"),
         ],
@@ -456,6 +467,151 @@ class TestInvalidBody:
         payload = split_events({"add ": {"Guests": ["8", 8, "x"]}})
         assert triples(payload) == [("add", "guests", 8)]
         assert payload.rejections == (Rejection("bad_id", ("add ", "Guests", 2), "x"),)
+
+
+class TestDuplicateKeys:
+    """A key repeated inside one object is a rejected part of its own, never silently dropped."""
+
+    def test_repeated_entity_key(self) -> None:
+        """The first list is used; the repeat is a duplicate_key part at its path, with its value."""
+        payload = parse_payload(b'{"Add":{"Guests":[1],"Guests":[2]}}')
+        assert triples(payload) == [("add", "guests", 1)]
+        assert payload.rejections == (Rejection("duplicate_key", ("Add", "Guests"), [2]),)
+
+    def test_repeated_action_key(self) -> None:
+        """A repeated top-level key: the repeat's whole section is the rejected part."""
+        payload = parse_payload(b'{"Delete":{"Rooms":[5]},"Delete":{"Rooms":[6]},"Add":{"Clients":[7]}}')
+        assert triples(payload) == [("add", "clients", 7), ("delete", "rooms", 5)]
+        assert payload.rejections == (Rejection("duplicate_key", ("Delete",), {"Rooms": [6]}),)
+
+    def test_repeat_inside_a_rejected_value(self) -> None:
+        """A repeat deep inside a part that is rejected anyway is reported with its full path too."""
+        payload = parse_payload(b'{"Add":{"Guests":[1,{"id":2,"id":3}]}}')
+        assert triples(payload) == [("add", "guests", 1)]
+        assert payload.rejections == (
+            Rejection("bad_id", ("Add", "Guests", 1), {"id": 2}),
+            Rejection("duplicate_key", ("Add", "Guests", 1, "id"), 3),
+        )
+
+    def test_every_repeat_counts(self) -> None:
+        """Three of the same key: two repeats, two parts."""
+        payload = parse_payload(b'{"Add":{"Guests":[1],"Guests":[2],"Guests":[3]}}')
+        assert [r.path for r in payload.rejections] == [("Add", "Guests"), ("Add", "Guests")]
+        assert [r.value for r in payload.rejections] == [[2], [3]]
+
+    def test_spellings_are_not_repeats(self) -> None:
+        """Keys that differ as written are different keys (they name the same entity and merge)."""
+        payload = parse_payload(b'{"Add":{"Guests":[1],"guests ":[2]}}')
+        assert triples(payload) == [("add", "guests", 1), ("add", "guests", 2)]
+        assert payload.rejections == ()
+
+    def test_colons_inside_strings_do_not_hide_a_repeat(self) -> None:
+        """Colons in string values do not make a repeat pass unseen."""
+        payload = parse_payload(b'{"Add":{"Guests":["a:b",1],"Guests":[2]}}')
+        assert triples(payload) == [("add", "guests", 1)]
+        assert [r.reason for r in payload.rejections] == ["bad_id", "duplicate_key"]
+
+    def test_repeats_count_against_max_ids(self) -> None:
+        """Repeats are rejected parts, and rejected parts count against BRIDGE_MAX_IDS."""
+        with pytest.raises(TooLarge):
+            parse_payload(b'{"Add":{"Guests":[1],"Guests":[2],"Guests":[3]}}', max_ids=2)
+
+
+class TestNumbers:
+    """A number JSON allows but no ID can be rejects that part, not the whole body."""
+
+    @pytest.mark.parametrize(
+        "literal",
+        [
+            pytest.param(b"1e400", id="1e400"),
+            pytest.param(b"-1e400", id="minus-1e400"),
+            pytest.param(b"9" * 400, id="400-digit-integer"),
+            pytest.param(b"-" + b"9" * 400, id="minus-400-digit-integer"),
+            pytest.param(b"1" + b"0" * 5000, id="5001-digit-integer"),
+        ],
+    )
+    def test_huge_number_is_one_rejected_part(self, literal: bytes) -> None:
+        """The huge number is a bad_id part holding its text as sent; its siblings are published."""
+        payload = parse_payload(b'{"Add":{"Guests":[1,' + literal + b',2]},"Delete":{"Rooms":[3]}}')
+        assert triples(payload) == [("add", "guests", 1), ("add", "guests", 2), ("delete", "rooms", 3)]
+        assert payload.rejections == (Rejection("bad_id", ("Add", "Guests", 1), BigNumber(literal.decode())),)
+
+    @pytest.mark.parametrize(
+        ("literal", "value"),
+        [
+            pytest.param(b"18446744073709551616", BigNumber("18446744073709551616"), id="2^64"),
+            pytest.param(b"-9223372036854775809", BigNumber("-9223372036854775809"), id="below-int64"),
+            pytest.param(b"18446744073709551615", 2**64 - 1, id="2^64-1"),
+            pytest.param(b"9223372036854775808", 2**63, id="2^63"),
+        ],
+    )
+    def test_integers_past_2_63_keep_their_digits(self, literal: bytes, value: Any) -> None:
+        """Integers past 2^63 are kept exactly (never as a float): as an int up to 2^64-1, else as text."""
+        payload = parse_payload(b'{"Add":{"Guests":[' + literal + b"]}}")
+        assert payload.rejections == (Rejection("bad_id", ("Add", "Guests", 0), value),)
+        kept = payload.rejections[0].value
+        assert type(kept) is type(value)
+
+    def test_huge_number_as_a_section(self) -> None:
+        """A huge number where a section belongs is that section rejected, not the body."""
+        payload = parse_payload(b'{"Add":1e400,"Delete":{"Rooms":[3]}}')
+        assert triples(payload) == [("delete", "rooms", 3)]
+        assert payload.rejections == (Rejection("section_not_object", ("Add",), BigNumber("1e400")),)
+
+
+class TestEncodings:
+    """A UTF-8 byte order mark is ignored and UTF-16 is decoded; anything else not JSON is refused."""
+
+    BODY = '{"Add":{"Guests":[1]},"Update ":{"Rooms":["160"]}}'
+    EXPECTED: ClassVar[list[Triple]] = [("add", "guests", 1), ("update", "rooms", 160)]
+
+    @pytest.mark.parametrize(
+        ("raw", "charset"),
+        [
+            pytest.param(b"\xef\xbb\xbf" + BODY.encode(), None, id="utf-8-bom"),
+            pytest.param(b"\xef\xbb\xbf" + BODY.encode(), "utf-8", id="utf-8-bom-utf-8-charset"),
+            pytest.param(BODY.encode("utf-16"), None, id="utf-16-bom"),
+            pytest.param(b"\xff\xfe" + BODY.encode("utf-16-le"), None, id="utf-16le-bom"),
+            pytest.param(b"\xfe\xff" + BODY.encode("utf-16-be"), None, id="utf-16be-bom"),
+            pytest.param(BODY.encode("utf-16-le"), "utf-16", id="charset-utf-16-little-endian"),
+            pytest.param(BODY.encode("utf-16-be"), "utf-16", id="charset-utf-16-big-endian"),
+            pytest.param(BODY.encode("utf-16-le"), "utf-16le", id="charset-utf-16le"),
+            pytest.param(BODY.encode("utf-16-be"), "UTF-16BE", id="charset-utf-16be"),
+            pytest.param(b"\xff\xfe" + BODY.encode("utf-16-le"), "utf-16le", id="charset-utf-16le-with-bom"),
+        ],
+    )
+    def test_decoded(self, raw: bytes, charset: str | None) -> None:
+        """The same events whatever the encoding."""
+        assert triples(parse_payload(raw, charset=charset)) == self.EXPECTED
+
+    @pytest.mark.parametrize(
+        ("raw", "charset"),
+        [
+            pytest.param(BODY.encode("utf-16-le"), None, id="utf-16-without-bom-or-charset"),
+            pytest.param(b"\xff\xfe" + BODY.encode("utf-16-le")[:-1], None, id="utf-16-odd-length"),
+            pytest.param(
+                b"\xff\xfe" + b"\x00\xd8" + BODY.encode("utf-16-le"), None, id="utf-16-lone-surrogate"
+            ),
+            pytest.param(BODY.encode("utf-32"), None, id="utf-32"),
+            pytest.param(BODY.encode("latin-1") + b"\xe9", "latin-1", id="latin-1"),
+        ],
+    )
+    def test_still_refused(self, raw: bytes, charset: str | None) -> None:
+        """Anything else that is not JSON in UTF-8 or UTF-16 is refused as not_json."""
+        with pytest.raises(InvalidBody) as caught:
+            parse_payload(raw, charset=charset)
+        assert caught.value.code == "not_json"
+
+
+class TestMaxIds:
+    """Rejected parts count against BRIDGE_MAX_IDS, with the IDs."""
+
+    def test_rejected_parts_outside_lists_count(self) -> None:
+        """Bad names and sections count, beside the IDs: one over the bound is refused."""
+        raw = b'{"a.b":1,"c.d":2,"Add":{"Guests":[1]}}'
+        assert len(parse_payload(raw, max_ids=3).rejections) == 2
+        with pytest.raises(TooLarge):
+            parse_payload(raw, max_ids=2)
 
 
 def _seed_bodies() -> dict[str, bytes]:
