@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -18,18 +19,29 @@ log = structlog.get_logger("bridge.drain")
 BUSY_WINDOW = 16
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A span published: every entry in it confirmed, except ``quarantined`` (seq, reason), which
+    RabbitMQ refused even as dead letters and the spool keeps in its quarantine."""
+
+    span: Span
+    quarantined: tuple[tuple[int, str], ...] = ()
+
+
 class SpanPublisher(Protocol):
     """Reads the spool and publishes what it read (``bridge.worker.ProcessPublisher``)."""
 
     async def publish_after(
         self, after: int, limit: int, *, deadline: float | None = None, window: int | None = None
-    ) -> Span:
-        """Publish the (up to ``limit``) entries after seq ``after``; return once all are confirmed.
+    ) -> Published | Span:
+        """Publish the (up to ``limit``) entries after seq ``after``; return once each is
+        confirmed, or refused for good and dead-lettered or handed back for quarantine.
 
         At most ``window`` of them are unconfirmed at once (the publisher's own window when None).
 
         Returns:
-            The span published; count 0 when there was nothing after ``after``.
+            The span published (count 0 when there was nothing after ``after``), with the
+            entries to quarantine; a bare ``Span`` when there are none.
 
         Raises:
             BrokerError: they could not all be published; the drain tries again.
@@ -70,23 +82,31 @@ class Drain:
             # Set by every append since the last batch began (or by the one that ended a wait).
             busy = self._spool.appended.is_set()
             self._spool.appended.clear()
-            span = await self._publish(after, self._busy_window if busy else None)
+            published = await self._publish(after, self._busy_window if busy else None)
+            span = published.span
             if span.count == 0:
                 self._idle.set()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._spool.appended.wait(), 1.0)
                 continue
             self._idle.clear()
-            await self._spool.remove_span(span)
+            if published.quarantined:
+                for seq, reason in published.quarantined:
+                    log.error("spool_entry_quarantined", seq=seq, reason=reason)
+                await self._spool.remove_span(span, quarantined=published.quarantined)
+            else:
+                await self._spool.remove_span(span)
             after = span.last
 
-    async def _publish(self, after: int, window: int | None) -> Span:
+    async def _publish(self, after: int, window: int | None) -> Published:
         while True:
             try:
-                return await self._publisher.publish_after(after, self._batch, window=window)
+                result = await self._publisher.publish_after(after, self._batch, window=window)
             except BrokerError as exc:  # the publishing process died mid-batch: a new one takes it again
                 log.warning("drain_publish_failed", error=str(exc))
                 await asyncio.sleep(1)
+                continue
+            return result if isinstance(result, Published) else Published(result)
 
     async def wait_empty(self, within: float) -> bool:
         """Wait up to ``within`` seconds for the spool to be empty; True if it is."""

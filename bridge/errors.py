@@ -14,6 +14,7 @@ BridgeError
 │   ├── BrokerUnavailable    no connection or channel to any node
 │   ├── MessageNacked        the broker answered basic.nack
 │   ├── MessageReturned      the broker returned a mandatory message as unroutable
+│   ├── MessageRefused       the broker closed the channel or connection over what was sent
 │   └── ConfirmTimeout       no confirm within the publish timeout
 └── SpoolError               the spool cannot be trusted    -> exit code 3
     └── SpoolCorrupt         the spool file is unreadable   -> exit code 3
@@ -81,23 +82,32 @@ class SpoolFull(Unavailable):
 
 
 class BrokerError(BridgeError):
-    """A publish that did not end in a confirm; the publisher retries it."""
+    """A publish that did not end in a confirm; the publisher retries it.
+
+    ``failure_class`` names the kind of failure in retry counters and logs (a bounded set).
+    """
+
+    failure_class = "unavailable"
 
 
 class BrokerUnavailable(BrokerError):
-    pass
+    failure_class = "unavailable"
 
 
 class MessageNacked(BrokerError):
-    pass
+    failure_class = "nacked"
 
 
 class MessageReturned(BrokerError):
-    pass
+    failure_class = "returned"
+
+
+class MessageRefused(BrokerError):
+    failure_class = "closed"
 
 
 class ConfirmTimeout(BrokerError):
-    pass
+    failure_class = "timeout"
 
 
 class SpoolError(BridgeError):

@@ -25,7 +25,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from bridge.drain import Published
 from bridge.errors import BrokerError, BrokerUnavailable, SpoolCorrupt
 from bridge.message import Outbound, decode_record
 from bridge.metrics import confirm_key
@@ -48,6 +49,11 @@ STATE_POLL = 0.1
 RESPAWN_DELAY = 1.0
 # The child's CPU priority: the lowest, so answering webhooks always goes first.
 NICE = 19
+# Records read for one batch, at most (always at least one): bounds the child's memory whatever
+# the spool holds.
+BATCH_BYTES = 16 * 1024 * 1024
+# Retries are logged at most once per this many seconds per failure class, with the count since.
+RETRY_LOG_EVERY = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,12 @@ async def _send(writer: asyncio.StreamWriter, frame: dict[str, Any]) -> None:
     await writer.drain()
 
 
+def _send_now(writer: asyncio.StreamWriter, frame: dict[str, Any]) -> None:
+    """``_send`` without waiting for the buffer to drain: for small frames sent from callbacks."""
+    payload = orjson.dumps(frame)
+    writer.write(_LENGTH.pack(len(payload)) + payload)
+
+
 async def _receive(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     try:
         size = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))[0]
@@ -107,6 +119,9 @@ class ProcessPublisher:
         self._connected = False
         self._blocked = False
         self._closed = False
+        # Per failure class: when a retry was last logged, and the retries since.
+        self._retry_logged: dict[str, float] = {}
+        self._retries_unlogged: collections.Counter[str] = collections.Counter()
 
     @property
     def connected(self) -> bool:
@@ -158,12 +173,29 @@ class ProcessPublisher:
                 else:
                     log.info("broker_unblocked")
             self._connected, self._blocked = connected, blocked
+        elif "retry" in frame:
+            self._retried(str(frame["retry"].get("class", "other")), str(frame["retry"].get("error", "")))
         elif (reply := self._replies.pop(frame.get("id", -1), None)) is not None and not reply.done():
             reply.set_result(frame)
 
+    def _retried(self, failure_class: str, error: str) -> None:
+        """Count a retry as it happens; log it at most once per ``RETRY_LOG_EVERY`` per class."""
+        if self._observer is not None:
+            self._observer.retried(failure_class)
+        self._retries_unlogged[failure_class] += 1
+        now = time.monotonic()
+        if now - self._retry_logged.get(failure_class, -RETRY_LOG_EVERY) >= RETRY_LOG_EVERY:
+            log.warning(
+                "publish_retrying",
+                failure_class=failure_class,
+                retries=self._retries_unlogged.pop(failure_class),
+                error=error,
+            )
+            self._retry_logged[failure_class] = now
+
     async def publish_after(
         self, after: int, limit: int, *, deadline: float | None = None, window: int | None = None
-    ) -> Span:
+    ) -> Published:
         """Have the child read and publish the (up to ``limit``) spool entries after seq ``after``,
         at most ``window`` unconfirmed at once (its publisher's own window when None).
 
@@ -191,14 +223,15 @@ class ProcessPublisher:
             raise BrokerUnavailable(f"the publishing process is gone: {exc!r}") from None
         answer = await reply
         if self._observer is not None:
-            for _ in range(answer["retries"]):
-                self._observer.retried()
             self._observer.confirmed_batch(answer["counts"], answer["latencies"])
+            for reason, n in answer.get("refused", ()):
+                self._observer.refused(reason, n)
         if answer.get("corrupt") is not None:
             raise SpoolCorrupt(answer["corrupt"])
         if answer["error"] is not None:
             raise BrokerUnavailable(answer["error"])
-        return Span(*answer["span"])
+        quarantined = tuple((int(seq), str(reason)) for seq, reason in answer.get("quarantine", ()))
+        return Published(Span(*answer["span"]), quarantined)
 
     async def close(self) -> None:
         """Ask the child to close its connection and exit; kill it if it does not within 5 s."""
@@ -221,22 +254,36 @@ class ProcessPublisher:
 
 
 class _Tally:
-    """The child's observer: what one publish call confirmed and retried, sent back with its answer."""
+    """The child's observer: what one publish call confirmed and refused, sent back with its
+    answer; each retry is told to the parent as it happens (``send``)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        send: Callable[[dict[str, Any]], None] | None = None,
+        last_error: Callable[[], str] = lambda: "",
+    ) -> None:
+        self._send = send
+        self._last_error = last_error
         self.latencies: list[float] = []
         self.counts: collections.Counter[tuple[str, ...]] = collections.Counter()
+        self.refused_counts: collections.Counter[str] = collections.Counter()
         self.retries = 0
 
     def reset(self) -> None:
         self.latencies, self.counts, self.retries = [], collections.Counter(), 0
+        self.refused_counts = collections.Counter()
 
     def confirmed(self, message: Outbound, seconds: float) -> None:
         self.latencies.append(seconds)
         self.counts[confirm_key(message)] += 1
 
-    def retried(self) -> None:
+    def retried(self, failure_class: str = "other") -> None:
         self.retries += 1
+        if self._send is not None:
+            self._send({"retry": {"class": failure_class, "error": self._last_error()}})
+
+    def refused(self, reason: str, n: int) -> None:
+        self.refused_counts[reason] += n
 
 
 class BatchObserver(Protocol):
@@ -244,7 +291,9 @@ class BatchObserver(Protocol):
 
     def confirmed_batch(self, counts: Iterable[Sequence[Any]], latencies: Iterable[float]) -> None: ...
 
-    def retried(self) -> None: ...
+    def retried(self, failure_class: str = "other") -> None: ...
+
+    def refused(self, reason: str, n: int) -> None: ...
 
 
 def _die_with_parent(parent: int) -> None:
@@ -269,7 +318,7 @@ async def _serve(fd: int) -> None:
 
     configure_logging(config.log_format, secrets=config.secrets)
     # One batch at a time comes from the drain, so one tally, reset per batch, is its account.
-    tally = _Tally()
+    tally = _Tally(lambda frame: _send_now(writer, frame), lambda: publisher.last_error)
     publisher = AmqpPublisher(
         config.amqp_urls,
         build_topology(config.exchange, config.routing_key, declare_queues=config.declare_queues),
@@ -308,10 +357,16 @@ class _Reading:
         self._path = path
         self._reader: SpoolReader | None = None
 
-    def read(self, after: int, limit: int) -> tuple[Span, list[bytes]]:
+    def read(self, after: int, limit: int) -> tuple[Span, list[tuple[int, bytes]]]:
+        """Up to ``limit`` entries after ``after``, at most ``BATCH_BYTES`` of them (at least one)."""
         if self._reader is None:
             self._reader = SpoolReader(self._path)
-        return self._reader.read(after, limit)
+        reader: Any = self._reader  # the spool's reader before and after it gave seqs and took max_bytes
+        try:
+            span, rows = reader.read(after, limit, max_bytes=BATCH_BYTES)
+        except TypeError:
+            span, rows = reader.read(after, limit)
+        return span, [row if isinstance(row, tuple) else (span.first + i, row) for i, row in enumerate(rows)]
 
     def close(self) -> None:
         if self._reader is not None:
@@ -329,9 +384,10 @@ async def _publish(
     deadline = None if frame["within"] is None else time.monotonic() + frame["within"]
     error = corrupt = None
     span = Span(frame["after"], frame["after"], 0, 0)
+    quarantine: list[list[Any]] = []
     try:
-        span, records = reading.read(frame["after"], frame["limit"])
-        messages = [decode_record(r) for r in records]
+        span, rows = reading.read(frame["after"], frame["limit"])
+        messages = [decode_record(record) for _seq, record in rows]
     except SpoolCorrupt as exc:
         corrupt = str(exc)
     except ValueError as exc:
@@ -339,7 +395,8 @@ async def _publish(
     else:
         try:
             if messages:
-                await publisher.publish(messages, deadline=deadline, window=frame.get("window"))
+                refusals = await publisher.publish(messages, deadline=deadline, window=frame.get("window"))
+                quarantine = [[rows[r.index][0], r.reason] for r in refusals or ()]
         except BrokerError as exc:
             error = str(exc)
         except Exception as exc:  # the parent waits for an answer, whatever happened
@@ -351,6 +408,8 @@ async def _publish(
         "latencies": tally.latencies,
         "counts": [[*key, n] for key, n in tally.counts.items()],
         "retries": tally.retries,
+        "refused": [[reason, n] for reason, n in tally.refused_counts.items()],
+        "quarantine": quarantine,
         "error": error,
         "corrupt": corrupt,
     }

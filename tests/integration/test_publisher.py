@@ -10,7 +10,7 @@ from aio_pika.abc import AbstractChannel
 
 from bridge.errors import BrokerError
 from bridge.message import Outbound
-from bridge.publisher import AmqpPublisher
+from bridge.publisher import AmqpPublisher, RetryBudget
 from bridge.topology import build_topology
 from tests.conftest import AMQP_URL, bind_all
 
@@ -25,8 +25,11 @@ class Seen:
     def confirmed(self, message: Outbound, _seconds: float) -> None:
         self.ids.append(message.message_id)
 
-    def retried(self) -> None:
+    def retried(self, _failure_class: str = "other") -> None:
         self.retries += 1
+
+    def refused(self, _reason: str, _n: int) -> None:
+        pass
 
 
 def publisher_on(exchange: str, kind: type[AmqpPublisher] = AmqpPublisher, **options: Any) -> AmqpPublisher:
@@ -121,12 +124,13 @@ class TestBatches:
     async def test_a_returned_message_fails_the_batch_and_the_rest_is_confirmed(
         self, amqp_channel: AbstractChannel, exchange_name: str
     ) -> None:
-        """A message the broker returns (no queue of that name on the default exchange) is retried
-        until the deadline, then the publish raises; the messages around it are confirmed and
-        delivered, and the same publisher goes on publishing afterwards."""
+        """A message the broker returns (no queue of that name on the default exchange), with a
+        budget of returns larger than the deadline allows, is retried until the deadline, then the
+        publish raises; the messages around it are confirmed and delivered, and the same
+        publisher goes on publishing afterwards."""
         collected = await bind_all(amqp_channel, exchange_name)
         seen = Seen()
-        publisher = publisher_on(exchange_name, observer=seen)
+        publisher = publisher_on(exchange_name, observer=seen, budget=RetryBudget(returned=1000))
         good = [outbound(exchange_name, n, f"guests.{n}") for n in range(20)]
         lost = Outbound(
             exchange="",
