@@ -46,7 +46,16 @@ log = structlog.get_logger("bridge.worker")
 _LENGTH = struct.Struct(">I")
 _PR_SET_PDEATHSIG = 1
 STATE_POLL = 0.1
-RESPAWN_DELAY = 1.0
+# Back-off between two starts of the publishing process: doubled per failure in a row, capped.
+RESPAWN_DELAY = 0.5
+RESPAWN_DELAY_MAX = 5.0
+# A child that ran this long was a success: the next failure starts the back-off from the bottom.
+RESPAWN_STABLE = 30.0
+# Unhealthy (/healthz 503) after this many failures in a row, or this long without a running child.
+RESPAWN_FAILURES = 5
+RESPAWN_DOWN_MAX = 30.0
+# A child that keeps running this long makes a failing run healthy again.
+RESPAWN_RECOVERED = 5.0
 # The child's CPU priority: the lowest, so answering webhooks always goes first.
 NICE = 19
 # Records read for one batch, at most (always at least one): bounds the child's memory whatever
@@ -122,6 +131,9 @@ class ProcessPublisher:
         # Per failure class: when a retry was last logged, and the retries since.
         self._retry_logged: dict[str, float] = {}
         self._retries_unlogged: collections.Counter[str] = collections.Counter()
+        self._failures = 0  # starts in a row that failed or ended within RESPAWN_STABLE
+        self._up_since: float | None = None  # monotonic; None while no child runs
+        self._down_since = time.monotonic()
 
     @property
     def connected(self) -> bool:
@@ -131,12 +143,43 @@ class ProcessPublisher:
     def blocked(self) -> bool:
         return self._blocked
 
+    @property
+    def healthy(self) -> bool:
+        """False once the child failed to start or run ``RESPAWN_FAILURES`` times in a row, or none
+        has run for ``RESPAWN_DOWN_MAX`` s: nothing is published, a restart of the process may help."""
+        now = time.monotonic()
+        if self._up_since is not None:
+            return self._failures < RESPAWN_FAILURES or now - self._up_since >= RESPAWN_RECOVERED
+        return self._failures < RESPAWN_FAILURES and now - self._down_since <= RESPAWN_DOWN_MAX
+
     async def supervise(self) -> None:
-        """Run the child, and start a new one if it dies, until cancelled (``close`` stops it)."""
+        """Run the child, and start a new one with back-off whenever it exits or cannot be
+        started (e.g. EMFILE), until cancelled (``close`` stops it)."""
+        self._down_since = time.monotonic()
         while not self._closed:
-            parent, child = socket.socketpair()
+            try:
+                ran = await self._run_child()
+            except OSError as exc:
+                self._failures += 1
+                log.error("worker_spawn_failed", error=str(exc), failures=self._failures)
+            else:
+                if self._closed:
+                    return
+                self._failures = 1 if ran >= RESPAWN_STABLE else self._failures + 1
+            delay = min(RESPAWN_DELAY_MAX, RESPAWN_DELAY * 2 ** (self._failures - 1))
+            await asyncio.sleep(delay)
+
+    async def _run_child(self) -> float:
+        """Start one child and serve it until it exits; the seconds it ran.
+
+        Raises:
+            OSError: it could not be started (no file descriptors, no memory, no executable).
+        """
+        parent, child = socket.socketpair()
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(parent.close)
             with child:
-                self._process = await asyncio.create_subprocess_exec(
+                process = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
                     "bridge.worker",
@@ -144,25 +187,42 @@ class ProcessPublisher:
                     pass_fds=(child.fileno(),),
                     stdin=asyncio.subprocess.DEVNULL,
                 )
+            self._process = process
+            cleanup.pop_all()
+        try:
             reader, self._writer = await asyncio.open_unix_connection(sock=parent)
-            try:
-                await _send(self._writer, {"config": asdict(self._config), "parent": os.getpid()})
-                self._started.set()
-                while (frame := await _receive(reader)) is not None:
-                    self._handle(frame)
-            finally:
-                self._started.clear()
-                self._connected = self._blocked = False
-                for reply in self._replies.values():
-                    if not reply.done():
-                        reply.set_exception(BrokerUnavailable("the publishing process exited"))
-                self._replies.clear()
-            if self._closed:
-                return
-            code = await self._process.wait()
-            self._writer.close()
-            log.error("worker_exited", exit_code=code)
-            await asyncio.sleep(RESPAWN_DELAY)
+        except OSError:
+            parent.close()
+            process.kill()
+            await process.wait()
+            raise
+        started = time.monotonic()
+        try:
+            await _send(self._writer, {"config": asdict(self._config), "parent": os.getpid()})
+            self._up_since = time.monotonic()
+            self._started.set()
+            while (frame := await _receive(reader)) is not None:
+                self._handle(frame)
+        except ConnectionError as exc:  # the child died before it took its configuration
+            log.error("worker_unreachable", error=str(exc))
+        finally:
+            self._started.clear()
+            self._up_since = None
+            self._down_since = time.monotonic()
+            self._connected = self._blocked = False
+            for reply in self._replies.values():
+                if not reply.done():
+                    reply.set_exception(BrokerUnavailable("the publishing process exited"))
+            self._replies.clear()
+        if self._closed:
+            return time.monotonic() - started
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        code = await process.wait()
+        self._writer.close()
+        log.error("worker_exited", exit_code=code, ran_seconds=round(time.monotonic() - started, 3))
+        return time.monotonic() - started
 
     def _handle(self, frame: dict[str, Any]) -> None:
         if "state" in frame:
