@@ -6,15 +6,16 @@ as records made here, so a re-publish after a restart is byte-for-byte the first
 
 from __future__ import annotations
 
+import base64
 import string
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from bridge.payload import Event, Payload, Rejection
+from bridge.payload import BigNumber, Event, Payload, Rejection
 
 APP_ID = "servio-bridge"
 JSON = "application/json"
@@ -25,6 +26,16 @@ DEFAULT_SOURCE = "default"
 # Messages built or encoded between two turns of the event loop: a 10,000-ID webhook would
 # otherwise hold every other request for the whole of it (~100 ms here).
 CHUNK = 1000
+# Bounds of a dead letter, so that any body of at most BRIDGE_MAX_BODY makes one letter the broker
+# takes: each header value, each value and key of a rejected part, and the list of parts (past it,
+# parts are counted and the raw body kept instead).
+HEADER_BYTES = 256
+VALUE_BYTES = 256
+KEY_CHARS = 64
+PARTS_BYTES = 256 * 1024
+REJECTED_PARTS = "rejected_parts"
+# A string this short is at most VALUE_BYTES as JSON, whatever it escapes (6 bytes a character).
+_SHORT_TEXT = (VALUE_BYTES - 2) // 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,23 +116,37 @@ def message_id(delivery_id: str, event: Event) -> str:
     return f"{delivery_id}.{event.action}.{event.entity}.{event.id}"
 
 
-def build_messages(payload: Payload, delivery: Delivery, *, exchange: str, template: str) -> list[Outbound]:
-    """Every message one webhook produces: its events in order, then its dead letters."""
-    stamp = _stamp(delivery)
-    messages = [
-        build_event(event, delivery, exchange=exchange, template=template, stamp=stamp)
-        for event in payload.events
+def build_messages(
+    payload: Payload, delivery: Delivery, *, exchange: str, template: str, body: bytes | None = None
+) -> list[Outbound]:
+    """Every message one webhook produces: its events in order, then the one dead letter of its
+    rejected parts (``body`` is the raw body, kept in it when not every part can be listed)."""
+    return [
+        message
+        for chunk in message_chunks(
+            payload,
+            delivery,
+            exchange=exchange,
+            template=template,
+            size=max(len(payload.events), len(payload.rejections), 1),
+            body=body,
+        )
+        for message in chunk
     ]
-    if payload.rejections:
-        messages.extend(build_rejections(payload.rejections, delivery, exchange=exchange))
-    return messages
 
 
 def message_chunks(
-    payload: Payload, delivery: Delivery, *, exchange: str, template: str, size: int = CHUNK
+    payload: Payload,
+    delivery: Delivery,
+    *,
+    exchange: str,
+    template: str,
+    size: int = CHUNK,
+    body: bytes | None = None,
 ) -> Iterator[list[Outbound]]:
-    """``build_messages`` in lists of at most ``size`` (its dead letters last), so that a caller on
-    the event loop can let other requests run between two of them."""
+    """``build_messages`` in lists of at most ``size`` (its dead letter last), so that a caller on
+    the event loop can let other requests run between two of them; while the rejected parts are
+    rendered, ``size`` at a time, the lists between are empty."""
     stamp = _stamp(delivery)
     events = payload.events
     for start in range(0, len(events), size):
@@ -129,8 +154,14 @@ def message_chunks(
             build_event(event, delivery, exchange=exchange, template=template, stamp=stamp)
             for event in events[start : start + size]
         ]
-    if payload.rejections:
-        yield build_rejections(payload.rejections, delivery, exchange=exchange)
+    rejections = payload.rejections
+    if rejections:
+        parts = RejectedParts()
+        for start in range(0, len(rejections), size):
+            parts.add(rejections[start : start + size])
+            if start + size < len(rejections):
+                yield []
+        yield [parts.letter(delivery, exchange=exchange, body=body)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,30 +209,115 @@ def invalid_queue(exchange: str) -> str:
     return f"{exchange}.invalid"
 
 
-def build_rejections(rejections: Iterable[Rejection], delivery: Delivery, *, exchange: str) -> list[Outbound]:
-    """One dead letter per rejected part, its body a JSON account of the part."""
-    letters = []
-    for index, rejection in enumerate(rejections):
-        path = orjson.dumps(list(rejection.path)).decode()
-        record = {
-            "reason": rejection.reason,
-            "path": list(rejection.path),
-            "value": rejection.value,
+def build_rejections(
+    rejections: Sequence[Rejection], delivery: Delivery, *, exchange: str, body: bytes | None = None
+) -> list[Outbound]:
+    """The one dead letter of a request's rejected parts ([] when there are none)."""
+    if not rejections:
+        return []
+    parts = RejectedParts()
+    parts.add(rejections)
+    return [parts.letter(delivery, exchange=exchange, body=body)]
+
+
+class RejectedParts:
+    """The rejected parts of one request, rendered into its one dead letter a few at a time.
+
+    Each part is bounded (``render_part``), and so is the list: parts past ``PARTS_BYTES`` are
+    counted, not listed, and the letter keeps the raw body instead, so nothing is lost.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._bytes = 0
+        self._full = False
+        self.total = 0
+
+    def add(self, rejections: Iterable[Rejection]) -> None:
+        for rejection in rejections:
+            self.total += 1
+            if not self._full:
+                self.add_rendered(render_part(rejection), counted=True)
+
+    def add_rendered(self, part: bytes, *, counted: bool = False) -> None:
+        """A part already rendered (as a letter holds it), e.g. one that redrive leaves as it was."""
+        if not counted:
+            self.total += 1
+        if self._full or self._bytes + len(part) + 1 > PARTS_BYTES:
+            self._full = True
+            return
+        self._parts.append(part)
+        self._bytes += len(part) + 1
+
+    def letter(self, delivery: Delivery, *, exchange: str, body: bytes | None) -> Outbound:
+        head: dict[str, Any] = {
+            "reason": REJECTED_PARTS,
             "source": delivery.source,
             "delivery_id": delivery.delivery_id,
             "received_at": received_at_text(delivery),
+            "parts_total": self.total,
         }
+        kept = b""
+        if omitted := self.total - len(self._parts):
+            head["parts_omitted"] = omitted
+            if body is not None:
+                # Base64 needs no escaping: joined as bytes, not copied through a JSON encoder.
+                kept = b'"body_base64":"' + base64.b64encode(body) + b'",'
+        encoded = orjson.dumps(head)
+        letter = b"".join((encoded[:-1], b",", kept, b'"parts":[', b",".join(self._parts), b"]}"))
+        return _dead_letter(delivery, exchange, letter, JSON, REJECTED_PARTS, 0)
+
+
+def render_part(rejection: Rejection) -> bytes:
+    """One rejected part as the dead letter lists it: its path, its reason and its value.
+
+    The value is given whole when its compact JSON is at most ``VALUE_BYTES`` and every number in
+    it fits 64 bits (so any JSON reader gets it right); otherwise as ``value_json``, the text of
+    that JSON cut to ``VALUE_BYTES`` (a number past 64 bits keeps its every digit), with
+    ``value_bytes`` its whole length. A key past ``KEY_CHARS`` in the path is given as its start.
+    """
+    part: dict[str, Any] = {"path": [_path_element(p) for p in rejection.path], "reason": rejection.reason}
+    value = rejection.value
+    if _plainly_short(value):
+        part["value"] = value
+    else:
         try:
-            body = orjson.dumps(record)
+            # A BigNumber is not a dataclass to write as an object here: refused, written below.
+            text = orjson.dumps(value, option=orjson.OPT_PASSTHROUGH_DATACLASS)
+            exact = True
         except orjson.JSONEncodeError:
-            # orjson reads 1024 levels of nesting but writes only 254: a deeper part still goes out.
-            body = _dumps_deep(record)
-        letters.append(_dead_letter(delivery, exchange, body, JSON, rejection.reason, index, path=path))
-    return letters
+            # A number past 64 bits, or deeper than orjson writes.
+            text = _dumps_deep(value)
+            exact = False
+        if exact and len(text) <= VALUE_BYTES:
+            part["value"] = value
+        else:
+            part["value_json"] = text[:VALUE_BYTES].decode("utf-8", "ignore")
+            part["value_bytes"] = len(text)
+            part["truncated"] = len(text) > VALUE_BYTES
+    return _compact_json(part)
+
+
+def _plainly_short(value: Any) -> bool:
+    """A scalar whose JSON is at most VALUE_BYTES and read right by any JSON reader, told without
+    encoding it."""
+    kind = type(value)
+    if value is None or kind is bool or kind is float:
+        return True
+    if kind is str:
+        return len(value) <= _SHORT_TEXT
+    return kind is int and -(2**63) <= value < 2**64
+
+
+def _path_element(element: str | int) -> str | int | dict[str, Any]:
+    if isinstance(element, str) and len(element) > KEY_CHARS:
+        return {"key_prefix": element[:KEY_CHARS], "key_length": len(element)}
+    return element
 
 
 def _dumps_deep(value: Any) -> bytes:
-    """Compact JSON like ``orjson.dumps``, for decoded JSON of any depth (no recursion)."""
+    """Compact JSON like ``orjson.dumps``, for decoded JSON of any depth (no recursion) and any
+    number (``BigNumber`` as written)."""
     out: list[bytes] = []
     # Bytes on the stack are punctuation already encoded; decoded JSON never holds bytes.
     stack: list[Any] = [value]
@@ -226,6 +342,10 @@ def _dumps_deep(value: Any) -> bytes:
                 stack.append(orjson.dumps(key) + b":")
                 if index:
                     stack.append(b",")
+        elif isinstance(item, BigNumber):
+            out.append(item.text.encode())
+        elif type(item) is int:
+            out.append(str(item).encode())  # orjson writes 64 bits at most
         else:
             out.append(orjson.dumps(item))
     return b"".join(out)
@@ -248,11 +368,14 @@ def _dead_letter(
     **extra: str,
 ) -> Outbound:
     headers = {
-        "reason": reason,
-        "source": delivery.source,
-        "delivery_id": delivery.delivery_id,
-        "received_at": received_at_text(delivery),
-        **extra,
+        name: bound_header(value)
+        for name, value in {
+            "reason": reason,
+            "source": delivery.source,
+            "delivery_id": delivery.delivery_id,
+            "received_at": received_at_text(delivery),
+            **extra,
+        }.items()
     }
     return Outbound(
         exchange="",
@@ -265,6 +388,14 @@ def _dead_letter(
         content_type=content_type,
         headers=headers,
     )
+
+
+def bound_header(text: str) -> str:
+    """``text`` cut to at most ``HEADER_BYTES`` of UTF-8, on a character boundary."""
+    if len(text) <= HEADER_BYTES // 4:
+        return text
+    data = text.encode("utf-8", "replace")
+    return text if len(data) <= HEADER_BYTES else data[:HEADER_BYTES].decode("utf-8", "ignore")
 
 
 def encode_record(message: Outbound) -> bytes:

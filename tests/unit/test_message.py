@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import calendar
 import json
+import tracemalloc
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -23,10 +25,11 @@ from bridge.message import (
     check_template,
     decode_record,
     encode_record,
+    message_chunks,
     message_id,
     render_routing_key,
 )
-from bridge.payload import Event, Payload, Rejection, parse_payload
+from bridge.payload import BigNumber, Event, Payload, Rejection, parse_payload
 
 DEFAULT_TEMPLATE = "servio.{entity}.{action}"
 RECEIVED = datetime(2026, 11, 28, 10, 15, 2, 123456, tzinfo=UTC)
@@ -39,6 +42,17 @@ NAMES = st.from_regex(r"[a-z0-9_]{1,64}", fullmatch=True)
 
 def event_message(event: Event, template: str = DEFAULT_TEMPLATE, delivery: Delivery = DELIVERY) -> Outbound:
     return build_event(event, delivery, exchange="servio", template=template)
+
+
+def plain(value: Any) -> Any:
+    """A decoded value with its big numbers as Python reads them."""
+    if isinstance(value, BigNumber):
+        return json.loads(value.text)
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
 
 
 class TestRoutingKey:
@@ -193,8 +207,8 @@ class TestMessageId:
             b'{"Add":{"Guests":[1,2,"x"],"Clients":[1]},"Update":{"Guests":[1]},"Delete":{"Guests":[1,"y"]}}'
         )
         messages = build_messages(payload, DELIVERY, exchange="servio", template=DEFAULT_TEMPLATE)
-        assert len(messages) == 7
-        assert len({m.message_id for m in messages}) == 7
+        assert len(messages) == 6
+        assert len({m.message_id for m in messages}) == 6
 
     @given(st.text(), NAMES, NAMES, st.integers(0, MAX_ID))
     def test_pure_function(self, delivery_id: str, action: str, entity: str, id_: int) -> None:
@@ -239,8 +253,8 @@ class TestBuildMessages:
     """One request's messages: its events in order, then its dead letters."""
 
     def test_events_then_dead_letters(self) -> None:
-        """Events keep the payload's order; dead letters follow, one per rejection."""
-        payload = parse_payload(b'{"Delete":{"Guests":[3]},"Add":{"Guests":[1,true],"Clients":[2]}}')
+        """Events keep the payload's order; one dead letter follows with every rejected part."""
+        payload = parse_payload(b'{"Delete":{"Guests":[3,false]},"Add":{"Guests":[1,true],"Clients":[2]}}')
         messages = build_messages(payload, DELIVERY, exchange="servio", template=DEFAULT_TEMPLATE)
         assert [m.routing_key for m in messages] == [
             "servio.guests.add",
@@ -258,23 +272,42 @@ class TestBuildMessages:
 class TestDeadLetters:
     """Rejected parts and refused bodies go to <exchange>.invalid, saying why."""
 
-    def test_rejected_part(self) -> None:
-        """A rejected part is a JSON dead letter with reason, path and value, on the default exchange."""
-        rejection = Rejection("bad_id", ("Add", "Guests", 1), "12a")
-        (letter,) = build_rejections([rejection], DELIVERY, exchange="servio")
+    def test_rejected_parts(self) -> None:
+        """A request's rejected parts are one JSON dead letter on the default exchange, each part
+        with its path, reason and value."""
+        rejections = [
+            Rejection("bad_id", ("Add", "Guests", 1), "12a"),
+            Rejection("ids_not_list", ("Delete", "Rooms"), 5),
+        ]
+        (letter,) = build_rejections(rejections, DELIVERY, exchange="servio")
         assert letter.exchange == ""
         assert letter.routing_key == "servio.invalid"
         assert letter.content_type == "application/json"
         assert letter.delivery_mode == 2
         assert letter.app_id == "servio-bridge"
         assert letter.timestamp == RECEIVED_EPOCH
-        assert letter.headers["reason"] == "bad_id"
-        assert letter.headers["source"] == "Jam_8"
-        assert letter.headers["delivery_id"] == "3f2a9c"
-        body = orjson.loads(letter.body)
-        assert body["reason"] == "bad_id"
-        assert body["path"] == ["Add", "Guests", 1]
-        assert body["value"] == "12a"
+        assert letter.message_id == "3f2a9c.invalid.0"
+        assert dict(letter.headers) == {
+            "reason": "rejected_parts",
+            "source": "Jam_8",
+            "delivery_id": "3f2a9c",
+            "received_at": "2026-11-28T10:15:02.123456+00:00",
+        }
+        assert orjson.loads(letter.body) == {
+            "reason": "rejected_parts",
+            "source": "Jam_8",
+            "delivery_id": "3f2a9c",
+            "received_at": "2026-11-28T10:15:02.123456+00:00",
+            "parts_total": 2,
+            "parts": [
+                {"path": ["Add", "Guests", 1], "reason": "bad_id", "value": "12a"},
+                {"path": ["Delete", "Rooms"], "reason": "ids_not_list", "value": 5},
+            ],
+        }
+
+    def test_no_rejection_no_letter(self) -> None:
+        """Nothing rejected, nothing dead-lettered."""
+        assert build_rejections([], DELIVERY, exchange="servio") == []
 
     def test_invalid_queue_follows_the_exchange(self) -> None:
         """The dead-letter queue is named after the exchange."""
@@ -304,38 +337,137 @@ class TestDeadLetters:
         assert letter.headers["source"] == "Jam_8"
         assert letter.headers["delivery_id"] == "3f2a9c"
 
-    def test_each_rejection_its_own_letter(self) -> None:
-        """Rejections give one dead letter each, with distinct message_ids."""
-        rejections = [Rejection("bad_id", ("Add", "Guests", i), -i) for i in range(3)]
-        letters = build_rejections(rejections, DELIVERY, exchange="servio")
-        assert [orjson.loads(letter.body)["value"] for letter in letters] == [0, -1, -2]
-        assert len({letter.message_id for letter in letters}) == 3
+    def test_every_header_is_bounded(self) -> None:
+        """No header value passes 256 bytes of UTF-8, however long what it says."""
+        delivery = Delivery("d" * 1000, "é" * 1000, RECEIVED)
+        letters = [
+            build_invalid_body(b"x", delivery, exchange="s", reason="r" * 1000, detail="\u20ac" * 100_000),
+            *build_rejections(
+                [Rejection("bad_id", ("k" * 200_000, "Guests", 0), "x")], delivery, exchange="s"
+            ),
+        ]
+        for letter in letters:
+            for name, value in letter.headers.items():
+                assert len(value.encode()) <= message.HEADER_BYTES, name
+                value.encode()  # cut on a character boundary
+        assert letters[0].headers["detail"] == "\u20ac" * (message.HEADER_BYTES // 3)
+
+    @pytest.mark.parametrize(
+        ("value", "part"),
+        [
+            pytest.param("x" * 254, {"value": "x" * 254}, id="256-bytes-kept"),
+            pytest.param(
+                "x" * 255,
+                {"value_json": '"' + "x" * 255, "value_bytes": 257, "truncated": True},
+                id="257-bytes-cut",
+            ),
+            pytest.param(
+                list(range(1000)),
+                {
+                    "value_json": orjson.dumps(list(range(1000))).decode()[:256],
+                    "value_bytes": len(orjson.dumps(list(range(1000)))),
+                    "truncated": True,
+                },
+                id="long-list-cut",
+            ),
+            pytest.param(
+                BigNumber("18446744073709551616"),
+                {"value_json": "18446744073709551616", "value_bytes": 20, "truncated": False},
+                id="2^64-exact-digits",
+            ),
+            pytest.param(
+                [1, BigNumber("-1e400")],
+                {"value_json": "[1,-1e400]", "value_bytes": 10, "truncated": False},
+                id="huge-number-inside",
+            ),
+            pytest.param(2**64 - 1, {"value": 2**64 - 1}, id="2^64-1-as-a-number"),
+        ],
+    )
+    def test_values_are_bounded(self, value: Any, part: dict[str, Any]) -> None:
+        """A value is given whole when its compact JSON is at most 256 bytes and every number in it
+        fits 64 bits; otherwise as the text of that JSON, cut to 256 characters."""
+        (letter,) = build_rejections(
+            [Rejection("bad_id", ("Add", "Guests", 0), value)], DELIVERY, exchange="s"
+        )
+        assert orjson.loads(letter.body)["parts"] == [
+            {"path": ["Add", "Guests", 0], "reason": "bad_id", **part}
+        ]
+
+    def test_long_keys_in_paths_are_cut(self) -> None:
+        """A key over 64 characters is given as its first 64 and its length."""
+        long_key = "k" * 200_000
+        (letter,) = build_rejections(
+            [Rejection("bad_entity_name", ("Add", long_key), [1])], DELIVERY, exchange="s"
+        )
+        (part,) = orjson.loads(letter.body)["parts"]
+        assert part["path"] == ["Add", {"key_prefix": "k" * 64, "key_length": 200_000}]
+        assert len(letter.body) < 1000
+
+    def test_parts_past_the_budget_are_counted_and_the_body_kept(self) -> None:
+        """Parts past the letter's budget are counted, not listed, and the raw body is kept whole."""
+        raw = b'{"Add":{"Guests":[' + b",".join([b'"' + b"x" * 20 + b'"'] * 30_000) + b"]}}"
+        payload = parse_payload(raw)
+        (letter,) = build_rejections(payload.rejections, DELIVERY, exchange="s", body=raw)
+        doc = orjson.loads(letter.body)
+        assert doc["parts_total"] == 30_000
+        listed = len(doc["parts"])
+        assert 1000 < listed < 30_000
+        assert doc["parts_omitted"] == 30_000 - listed
+        assert base64.b64decode(doc["body_base64"]) == raw
+        assert len(letter.body) <= message.PARTS_BYTES + len(raw) * 4 // 3 + 1000
+
+    def test_one_mebibyte_of_rejected_parts_is_one_bounded_letter(self) -> None:
+        """A 1 MiB body made only of rejected parts: one letter, bounded in size, built in bounded
+        memory."""
+        item = b'"' + b"y" * 8 + b'"'
+        raw = b'{"Add":{"Guests":[' + b",".join([item] * 95_000) + b"]}}"
+        assert len(raw) <= 1024 * 1024
+        payload = parse_payload(raw)
+        tracemalloc.start()
+        try:
+            messages = build_messages(payload, DELIVERY, exchange="s", template=DEFAULT_TEMPLATE, body=raw)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        (letter,) = messages
+        assert len(letter.body) < 2 * 1024 * 1024
+        assert peak < 16 * 1024 * 1024, peak
+
+    def test_chunks_end_with_the_one_letter(self) -> None:
+        """Built in chunks, the dead letter comes last and once; chunks stay at most CHUNK long."""
+        raw = b'{"Add":{"Guests":[1,' + b",".join([b"true"] * 2500) + b"]}}"
+        payload = parse_payload(raw)
+        chunks = list(
+            message_chunks(payload, DELIVERY, exchange="s", template=DEFAULT_TEMPLATE, size=1000, body=raw)
+        )
+        assert len(chunks) >= 4  # the parts are rendered a chunk at a time, between two turns of the loop
+        flat = [m for chunk in chunks for m in chunk]
+        assert [m.routing_key for m in flat] == ["servio.guests.add", "s.invalid"]
+        assert orjson.loads(flat[1].body)["parts_total"] == 2500
+        assert flat == build_messages(payload, DELIVERY, exchange="s", template=DEFAULT_TEMPLATE, body=raw)
 
     @pytest.mark.parametrize("depth", [pytest.param(30, id="30"), pytest.param(60, id="60")])
     def test_deeply_nested_part_is_kept(self, depth: int) -> None:
-        """A rejected part nested as deep as the parser accepts is dead-lettered whole."""
+        """A rejected part nested as deep as the parser accepts is dead-lettered."""
         raw = b'{"Add":{"Guests":[1,' + b"[" * depth + b"]" * depth + b"]}}"
         payload = parse_payload(raw)
         messages = build_messages(payload, DELIVERY, exchange="servio", template=DEFAULT_TEMPLATE)
         assert len(messages) == 2
-        value = orjson.loads(messages[1].body)["value"]
-        levels = 0
-        while value != []:
-            (value,) = value
-            levels += 1
-        assert levels == depth - 1
+        (part,) = orjson.loads(messages[1].body)["parts"]
+        assert part["value"] == json.loads(b"[" * depth + b"]" * depth)
 
     def test_deeply_nested_object_part_is_valid_json(self) -> None:
-        """A deep part of objects and lists comes out as JSON equal to the part."""
+        """A part deeper than orjson writes still comes out, as the start of its JSON."""
         part: Any = {"k": [1, "two", None, True, 2.5]}
         for level in range(400):
             part = [{"n": level, "more": part}] if level % 2 else {"n": level, "more": part}
         (letter,) = build_rejections(
             [Rejection("bad_id", ("Add", "Guests", 0), part)], DELIVERY, exchange="x"
         )
-        body = orjson.loads(letter.body)
-        assert body["value"] == part
-        assert body["reason"] == "bad_id"
+        (written,) = orjson.loads(letter.body)["parts"]
+        assert written["reason"] == "bad_id"
+        assert written["truncated"] is True
+        assert json.dumps(part, separators=(",", ":")).startswith(written["value_json"])
 
     @settings(deadline=None)
     @given(
@@ -354,14 +486,21 @@ class TestDeadLetters:
         )
     )
     def test_every_parsed_body_can_be_built(self, doc: dict[str, Any]) -> None:
-        """Whatever a JSON object holds, its messages are built and each dead letter holds its part."""
+        """Whatever a JSON object holds, its messages are built: one letter holds every part."""
         raw = json.dumps(doc).encode()
         payload = parse_payload(raw)
-        messages = build_messages(payload, DELIVERY, exchange="servio", template=DEFAULT_TEMPLATE)
-        assert len(messages) == len(payload.events) + len(payload.rejections)
-        letters = messages[len(payload.events) :]
-        for letter, rejection in zip(letters, payload.rejections, strict=True):
-            assert orjson.loads(letter.body)["value"] == rejection.value
+        messages = build_messages(payload, DELIVERY, exchange="servio", template=DEFAULT_TEMPLATE, body=raw)
+        assert len(messages) == len(payload.events) + (1 if payload.rejections else 0)
+        if payload.rejections:
+            parts = orjson.loads(messages[-1].body)["parts"]
+            assert [p["reason"] for p in parts] == [r.reason for r in payload.rejections]
+            for written, rejection in zip(parts, payload.rejections, strict=True):
+                if "value" in written:
+                    assert written["value"] == rejection.value
+                elif written["truncated"]:
+                    assert len(written["value_json"].encode()) <= 256 < written["value_bytes"]
+                else:
+                    assert json.loads(written["value_json"]) == plain(rejection.value)
 
 
 class TestCheckTemplate:
