@@ -18,6 +18,7 @@ from aiohttp import web
 from bridge.app import build_app
 from bridge.drain import Drain
 from bridge.errors import SpoolError
+from bridge.listener import BoundedSite
 from bridge.metrics import Metrics
 from bridge.ops import OPERATIONS, Operations, install_operations
 from bridge.publisher import AmqpPublisher
@@ -82,7 +83,13 @@ def build_service(settings: Settings) -> web.Application:
         sink = DirectSink(publisher, timeout=settings.publish_timeout)
     app = build_app(settings, sink)
     app[RUNTIME] = runtime
-    operations = Operations(publisher, runtime.spool, metrics)
+    operations = Operations(
+        publisher,
+        runtime.spool,
+        metrics,
+        stall_after=settings.stall_after,
+        spool_max_bytes=settings.spool_max_bytes if runtime.spool is not None else None,
+    )
     install_operations(app, operations)
 
     async def spool_ctx(_app: web.Application) -> AsyncIterator[None]:
@@ -95,6 +102,7 @@ def build_service(settings: Settings) -> web.Application:
         # Listen at once even when the broker is slow to answer; publishing waits for it. The
         # supervisor also reconnects while no traffic flows, so /readyz follows the broker.
         connecting = asyncio.create_task(publisher.supervise())
+        connecting.add_done_callback(stopped_on(operations, "publisher_supervisor_stopped"))
         yield
         connecting.cancel()
         await publisher.close()
@@ -123,7 +131,8 @@ def build_service(settings: Settings) -> web.Application:
 
 
 def runtime_failed_on(runtime: Runtime) -> Callable[[asyncio.Task[None]], None]:
-    """A done-callback for the drain: an error there (a corrupt entry) stops the process."""
+    """A done-callback for the drain: an error there (a corrupt entry) stops the process, and so
+    does a drain that returned (it runs until cancelled): nothing would empty the spool."""
 
     def done(task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -134,6 +143,24 @@ def runtime_failed_on(runtime: Runtime) -> Callable[[asyncio.Task[None]], None]:
         elif exc is not None:
             log.critical("drain_crashed", error=repr(exc))
             runtime.fail(SpoolError(f"drain crashed: {exc!r}"))
+        else:
+            log.critical("drain_crashed", error="the drain returned")
+            runtime.fail(SpoolError("drain stopped"))
+
+    return done
+
+
+def stopped_on(operations: Operations, problem: str) -> Callable[[asyncio.Task[None]], None]:
+    """A done-callback for a task that runs until cancelled: ending otherwise is logged and makes
+    /healthz 503 with ``problem``, so it is seen and the process restarted."""
+
+    def done(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        log.critical(problem, error=repr(exc) if exc is not None else "returned")
+        if problem not in operations.stopped:
+            operations.stopped.append(problem)
 
     return done
 
@@ -163,7 +190,13 @@ async def serve(
     if settings.tls_cert is not None and settings.tls_key is not None:
         ssl_context = build_server_context(settings.tls_cert, settings.tls_key)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
+        site = BoundedSite(
+            runner,
+            settings.host,
+            settings.port,
+            max_connections=settings.max_connections,
+            ssl_context=ssl_context,
+        )
         await site.start()
         addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
         log.info("listening", addresses=[f"{h}:{p}" for h, p in addresses])
