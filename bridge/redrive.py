@@ -9,6 +9,7 @@ queue's delivery limit would in the end drop it).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -23,13 +24,15 @@ from bridge.errors import InvalidBody
 from bridge.message import (
     DEFAULT_SOURCE,
     JSON,
+    REJECTED_PARTS,
     Delivery,
     Outbound,
+    RejectedParts,
     build_event,
     build_rejections,
     invalid_queue,
 )
-from bridge.payload import Payload, parse_payload, split_events
+from bridge.payload import Event, Payload, parse_payload, split_events
 from bridge.publisher import AmqpPublisher
 from bridge.settings import Settings
 from bridge.topology import build_topology
@@ -60,6 +63,9 @@ def reparse(
         )
     except (KeyError, ValueError) as exc:
         raise ValueError(f"not a servio-bridge dead letter: {exc!r}") from None
+    if headers.get("reason") == REJECTED_PARTS:
+        return _reparse_letter(body, delivery, exchange=exchange, template=template, letter_id=letter_id)
+    # A letter of one part (``path`` header) or a whole body, as earlier releases wrote them.
     payload = _reparse_part(body) if "path" in headers else _reparse_body(body)
     if payload is None or not payload.events:
         return []
@@ -78,6 +84,61 @@ def _reparse_body(body: bytes) -> Payload | None:
         return None
 
 
+def _reparse_letter(
+    body: bytes, delivery: Delivery, *, exchange: str, template: str, letter_id: str
+) -> list[Outbound]:
+    """The events of the parts that parse now, and one letter of those still refused, under an id
+    of its own; [] when no part gives an event."""
+    try:
+        letter: Any = orjson.loads(body)
+        parts = letter["parts"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return []
+    if not isinstance(parts, list):
+        return []
+    if isinstance(letter.get("body_base64"), str):
+        # Parts were omitted from this letter: the raw body it kept holds them all.
+        try:
+            raw = base64.b64decode(letter["body_base64"], validate=True)
+        except ValueError:
+            return []
+        payload = _reparse_body(raw)
+        if payload is None or not payload.events:
+            return []
+        events: list[Event] = list(payload.events)
+        kept = RejectedParts()
+        kept.add(payload.rejections)
+    else:
+        events = []
+        seen: set[Event] = set()
+        kept = RejectedParts()
+        for part in parts:
+            parsed = _reparse_listed_part(part)
+            if parsed is None or not parsed.events:
+                kept.add_rendered(orjson.dumps(part))
+                continue
+            fresh = [event for event in parsed.events if event not in seen]
+            seen.update(fresh)
+            events.extend(fresh)
+            kept.add(parsed.rejections)
+    if not events:
+        return []
+    messages = [build_event(e, delivery, exchange=exchange, template=template) for e in events]
+    if kept.total:
+        unique = f"{letter_id}.0"
+        rest = kept.letter(delivery, exchange=exchange, body=None)
+        messages.append(dataclasses.replace(rest, message_id=unique, order_key=unique))
+    return messages
+
+
+def _reparse_listed_part(part: Any) -> Payload | None:
+    """A part of a letter as it would parse today, where it was; None when it cannot be rebuilt
+    (its value or a key was cut) or should not be (a repeated key stays refused in its body)."""
+    if not isinstance(part, dict) or "value" not in part or part.get("reason") == "duplicate_key":
+        return None
+    return _split_at(part.get("path"), part["value"])
+
+
 def _reparse_part(body: bytes) -> Payload | None:
     """Rebuild the smallest body that holds the part where it was, and split that."""
     try:
@@ -85,6 +146,10 @@ def _reparse_part(body: bytes) -> Payload | None:
         path, value = part["path"], part["value"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
+    return _split_at(path, value)
+
+
+def _split_at(path: Any, value: Any) -> Payload | None:
     if not isinstance(path, list) or not 1 <= len(path) <= 3 or not all(isinstance(p, str) for p in path[:2]):
         return None
     if len(path) == 1:
