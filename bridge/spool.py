@@ -7,7 +7,12 @@ runs shares the next one (group commit), and the thread needs the GIL only twice
 Checkpoints, which copy the WAL into the database file, run on a connection of their own with
 ``synchronous=FULL``, so the WAL is only ever reused once its pages are synced in the database.
 The drain's publishing process reads batches in order on a read-only connection of its own
-(``SpoolReader``). See docs/spool.md.
+(``SpoolReader``); what even the dead-letter queue refused is moved to the ``quarantine`` table.
+
+A full disk is not fatal: an append that fails for space is rolled back and refused (503), and a
+reserve file in the spool directory is given up when a delete or a checkpoint needs room, so the
+drain can always remove what RabbitMQ confirmed. Busy and read errors are retried; only a failed
+write or fsync of an append, or a file that fails its integrity check, is. See docs/spool.md.
 """
 
 from __future__ import annotations
@@ -29,12 +34,35 @@ from typing import IO
 
 import structlog
 
-from bridge.errors import SpoolCorrupt, SpoolError, SpoolFull
+from bridge.errors import SpoolCorrupt, SpoolError, SpoolFull, Unavailable
 
 log = structlog.get_logger("bridge.spool")
 
-SCHEMA_VERSION = 1
+# 1: the spool table; 2: and the quarantine table (a version-1 file is migrated on open).
+SCHEMA_VERSION = 2
 FILE_NAME = "spool.sqlite3"
+RESERVE_FILE = "spool.reserve"
+# Room held back on the spool's file system for removing confirmed entries on a full disk: the
+# WAL frames of deletes until a checkpoint lets the WAL start over, and the database pages a
+# checkpoint adds for appends it had not yet copied (a second of appends, at most the WAL limit).
+RESERVE_BYTES = 16 * 1024 * 1024
+# Once the disk was found full, appends are taken again only with the reserve back in place and
+# this much room for them (free space of the file system plus the spool file's free pages).
+ROOM_TO_RESUME = 1024 * 1024
+# Back-off, in seconds, of a write or read that met a busy lock or a transient read error.
+RETRY_DELAYS = (0.01, 0.05, 0.1, 0.2, 0.4)
+# A delete that cannot be written (busy, no room even without the reserve) waits at most this long
+# before it tries again: the drain has nothing else to do meanwhile.
+REMOVE_RETRY_MAX = 2.0
+_QUARANTINE_TABLE = """
+    CREATE TABLE quarantine (
+        seq INTEGER PRIMARY KEY,
+        record BLOB NOT NULL,
+        created REAL NOT NULL,
+        quarantined REAL NOT NULL,
+        reason TEXT NOT NULL
+    );
+"""
 # Bytes counted per entry on top of its record: the row's own cost in the file, roughly.
 ENTRY_OVERHEAD = 64
 # Seconds between checkpoints (each copies what the WAL holds into the database file).
@@ -52,6 +80,7 @@ class SpoolStats:
     entries: int
     bytes: int
     oldest: float | None
+    quarantined: int = 0
 
 
 # Upper bounds, in seconds, of the spool's fsync-time histogram (the last bucket is +Inf).
@@ -90,6 +119,28 @@ class _SyncClock:
             return SyncTimes(tuple(self._counts), self._sum)
 
 
+class _DiskFull(Exception):
+    """SQLITE_FULL: the transaction was rolled back; nothing of it was kept."""
+
+
+class _Busy(Exception):
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock; try again shortly."""
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _free_bytes(directory: Path) -> int:
+    fs = os.statvfs(directory)
+    return fs.f_bavail * fs.f_frsize
+
+
 @dataclass(frozen=True, slots=True)
 class Span:
     """Entries ``first``..``last`` as one read took them: ``count`` records of ``record_bytes`` bytes."""
@@ -109,11 +160,21 @@ class Spool:
         SpoolCorrupt: the file is not a spool this version can read.
     """
 
-    def __init__(self, directory: Path, *, max_bytes: int, retry_after: int = 5) -> None:
+    def __init__(
+        self, directory: Path, *, max_bytes: int, retry_after: int = 5, reserve_bytes: int = RESERVE_BYTES
+    ) -> None:
         self.directory = directory
         self.path = directory / FILE_NAME
         self._max_bytes = max_bytes
         self._retry_after = retry_after
+        self._reserve_path = directory / RESERVE_FILE
+        self._reserve_bytes = reserve_bytes
+        self._reserve_lock = threading.Lock()
+        self._reserve_held = False
+        # Set on the loop's thread when the disk refused a write or the reserve was given up;
+        # cleared there once the checkpointer thread finds room again.
+        self._disk_full = False
+        self._busy_attempt = 0
         self._lock_file: IO[bytes] | None = None
         self._writer: sqlite3.Connection | None = None  # the event loop's thread only
         self._reader: sqlite3.Connection | None = None
@@ -142,6 +203,7 @@ class Spool:
         self._stopping = threading.Event()
         self._entries = 0
         self._bytes = 0
+        self._quarantined = 0
         self._failed: SpoolError | None = None
         self.appended = asyncio.Event()
         self.commits_covered = 0  # the newest transaction the last fsync made durable
@@ -170,18 +232,33 @@ class Spool:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise SpoolError(f"spool {self.directory} is in use by another process") from None
+        # The reserve of the last run is this one's room to open on a full disk (the WAL index,
+        # a WAL left by a kill); it is taken again below once the spool is open and checkpointed.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._reserve_path)
         self._writer = self._connect(synchronous="FULL")
+        # Start-up may wait for a ``spool quarantine`` command's short write; later, the loop's
+        # thread never blocks on a lock (busy writes are retried by the loop).
+        self._writer.execute("PRAGMA busy_timeout=5000")
         self._check(self._writer)
+        self._writer.execute("PRAGMA busy_timeout=0")
         # From here the writer leaves durability to the syncer, and checkpoints to the
         # checkpointer's FULL connection (a checkpoint on an OFF connection skips its fsyncs).
         self._writer.execute("PRAGMA synchronous=OFF")
         self._writer.execute("PRAGMA wal_autocheckpoint=0")
+        # Some builds (Debian's) zero every freed page: a delete would then write every page it
+        # frees into the WAL, room a full disk does not have. The records need no shredding.
+        self._writer.execute("PRAGMA secure_delete=OFF")
         self._writer.execute(f"PRAGMA journal_size_limit={WAL_BYTES_KEPT}")
         self._reader = self._connect()  # the event loop's thread only: counts and the oldest entry
         self._checkpointer = self._connect(check_same_thread=False, synchronous="FULL")
         row = self._reader.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(record)), 0) FROM spool").fetchone()
         self._entries, record_bytes = int(row[0]), int(row[1])
         self._bytes = record_bytes + self._entries * ENTRY_OVERHEAD
+        self._quarantined = int(self._reader.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
+        if not self._take_reserve():
+            self._disk_full = True
+            log.warning("spool_disk_full", path=str(self.path), reserve_bytes=self._reserve_bytes)
         try:
             self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -194,7 +271,14 @@ class Spool:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("spool_opened", path=str(self.path), entries=self._entries, bytes=self._bytes)
+        log.info(
+            "spool_opened",
+            path=str(self.path),
+            entries=self._entries,
+            bytes=self._bytes,
+            quarantined=self._quarantined,
+            disk_full=self._disk_full,
+        )
 
     def close(self) -> None:
         """Sync what was written, stop the threads, checkpoint, and release the directory."""
@@ -242,7 +326,7 @@ class Spool:
             if not tables and version == 0:
                 conn.executescript(
                     f"""
-                    BEGIN;
+                    BEGIN IMMEDIATE;
                     -- AUTOINCREMENT: a seq is never reused once the table empties, so the
                     -- drain's "seq > last" never skips a new entry.
                     CREATE TABLE spool (
@@ -250,12 +334,20 @@ class Spool:
                         record BLOB NOT NULL,
                         created REAL NOT NULL
                     );
+                    {_QUARANTINE_TABLE}
                     PRAGMA user_version = {SCHEMA_VERSION};
                     COMMIT;
                     """
                 )
                 return
-            if version != SCHEMA_VERSION or "spool" not in tables:
+            if version == 1 and tables == {"spool"}:
+                # The previous release's spool: every entry stays where it is.
+                conn.executescript(
+                    f"BEGIN IMMEDIATE; {_QUARANTINE_TABLE} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                )
+                log.info("spool_migrated", path=str(self.path), from_version=1, to_version=SCHEMA_VERSION)
+                version, tables = SCHEMA_VERSION, {"spool", "quarantine"}
+            if version != SCHEMA_VERSION or not {"spool", "quarantine"} <= tables:
                 raise SpoolCorrupt(
                     f"spool file {self.path} is not a servio-bridge spool (version {version}); "
                     "move it away to start empty, or start the version that wrote it"
@@ -263,6 +355,11 @@ class Spool:
             result = conn.execute("PRAGMA quick_check").fetchone()[0]
             if result != "ok":
                 raise SpoolCorrupt(f"spool file {self.path} failed its integrity check: {result}")
+        except sqlite3.OperationalError as exc:
+            # Busy past the wait, no room, an I/O error: the file may be sound, so not "corrupt".
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise SpoolError(f"spool file {self.path} cannot be opened now: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise SpoolCorrupt(f"spool file {self.path} is corrupt: {exc}") from None
 
@@ -270,11 +367,16 @@ class Spool:
 
     @property
     def stats(self) -> SpoolStats:
-        return SpoolStats(self._entries, self._bytes, self._oldest())
+        return SpoolStats(self._entries, self._bytes, self._oldest(), self._quarantined)
 
     @property
     def writable(self) -> bool:
         return self._writer is not None and self._failed is None
+
+    @property
+    def disk_full(self) -> bool:
+        """The spool's disk refused a write and has not had room since: appends answer 503."""
+        return self._disk_full
 
     @property
     def sync_times(self) -> SyncTimes:
@@ -290,6 +392,8 @@ class Spool:
         """
         if self._failed is not None:
             raise self._failed
+        if self._disk_full:
+            raise self._no_room()
         size = sum(len(r) for r in records) + ENTRY_OVERHEAD * len(records)
         if self._bytes + size > self._max_bytes:
             raise SpoolFull(
@@ -312,38 +416,80 @@ class Spool:
         await durable
         self.appended.set()
 
-    async def remove_span(self, span: Span) -> None:
-        """Forget a span RabbitMQ has confirmed: every entry from ``first`` to ``last``, as read.
+    async def remove_span(self, span: Span, *, quarantined: Sequence[tuple[int, str]] = ()) -> None:
+        """Forget a span RabbitMQ has confirmed: every entry from ``first`` to ``last``, as read;
+        in the same transaction, the listed (seq, reason) entries of it move to the quarantine.
 
         A span as read is every seq in its range: seqs only grow, and one thread writes. Not
         waited for on disk: a crash before the next fsync brings them back, and they are published
-        again with the same message_ids (at least once).
+        again with the same message_ids (at least once). A busy lock or a full disk is waited out
+        (the reserve is given up first): the drain cannot go on before this is written.
         """
         if span.count == 0:
             return
-        while self._paused:
-            await self._resumed.wait()
-        self._write("DELETE FROM spool WHERE seq BETWEEN ? AND ?", [(span.first, span.last)])
+        now = time.time()
+        statements: list[tuple[str, Sequence[tuple[object, ...]]]] = []
+        if quarantined:
+            statements.append(
+                (
+                    "INSERT OR IGNORE INTO quarantine (seq, record, created, quarantined, reason) "
+                    "SELECT seq, record, created, ?, ? FROM spool WHERE seq = ? AND seq BETWEEN ? AND ?",
+                    [(now, reason, seq, span.first, span.last) for seq, reason in quarantined],
+                )
+            )
+        statements.append(("DELETE FROM spool WHERE seq BETWEEN ? AND ?", [(span.first, span.last)]))
+        delay = RETRY_DELAYS[0]
+        while True:
+            while self._paused:
+                await self._resumed.wait()
+            try:
+                counts = self._write(statements)
+                break
+            except _DiskFull:
+                if self._give_up_reserve():
+                    continue
+                log.warning("spool_remove_waiting", reason="disk_full", first=span.first, last=span.last)
+            except _Busy:
+                log.info("spool_remove_waiting", reason="busy", first=span.first, last=span.last)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REMOVE_RETRY_MAX)
+        if quarantined:
+            self._quarantined += counts[0]
+            log.warning("spool_quarantined", n=counts[0], seqs=[seq for seq, _ in quarantined][:20])
         self._entries -= span.count
         self._bytes -= span.record_bytes + ENTRY_OVERHEAD * span.count
 
-    def _write(self, statement: str, rows: Sequence[tuple[object, ...]]) -> None:
-        """One transaction on the event loop's thread: into the page cache, made durable by the syncer."""
+    def _write(self, statements: Sequence[tuple[str, Sequence[tuple[object, ...]]]]) -> list[int]:
+        """One transaction on the event loop's thread: into the page cache, made durable by the
+        syncer. Returns the rows each statement changed.
+
+        Raises:
+            _DiskFull: no room for it; rolled back, the spool goes on.
+            _Busy: another connection holds the lock; rolled back, try again.
+            SpoolError: the write failed otherwise; the spool is failed for good.
+        """
         if self._failed is not None:
             raise self._failed
         if self._writer is None:
             raise SpoolError("spool is closed")
         try:
             self._writer.execute("BEGIN IMMEDIATE")
-            self._writer.executemany(statement, rows)
+            counts = [self._writer.executemany(sql, rows).rowcount for sql, rows in statements]
             self._writer.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("ROLLBACK")
-            # A failed write leaves the file in a state we cannot vouch for (the lesson of
-            # PostgreSQL's fsync bug): refuse everything from now on.
+            # SQLite rolls a transaction that found no room back whole (WAL frames without a
+            # commit frame never count), so the file is as it was before it.
+            if _is_full(exc):
+                raise _DiskFull(str(exc)) from None
+            if _is_busy(exc):
+                raise _Busy(str(exc)) from None
+            # Any other failed write leaves the file in a state we cannot vouch for (the lesson
+            # of PostgreSQL's fsync bug): refuse everything from now on.
             raise self._fail(SpoolError(f"spool write failed: {exc}")) from None
         self._written += 1
+        return counts
 
     def _flush(self) -> None:
         """Write what was appended since the last fsync in one transaction, and have it synced."""
@@ -353,15 +499,86 @@ class Spool:
         rows, futures = self._pending_rows, self._pending
         self._pending_rows, self._pending = [], []
         try:
-            self._write("INSERT INTO spool (record, created) VALUES (?, ?)", rows)
+            self._write([("INSERT INTO spool (record, created) VALUES (?, ?)", rows)])
+        except _Busy:
+            if self._busy_attempt < len(RETRY_DELAYS):
+                # Kept in order ahead of anything appended meanwhile, written after the back-off.
+                self._pending_rows[:0], self._pending[:0] = rows, futures
+                assert self._loop is not None
+                self._flush_scheduled = True
+                self._loop.call_later(RETRY_DELAYS[self._busy_attempt], self._flush)
+                self._busy_attempt += 1
+                return
+            self._busy_attempt = 0
+            self._refuse(rows, futures, Unavailable("spool_busy", "the spool is locked", self._retry_after))
+            return
+        except _DiskFull:
+            self._busy_attempt = 0
+            self._enter_disk_full()
+            self._refuse(rows, futures, self._no_room())
+            return
         except SpoolError as exc:
             for future in futures:
                 if not future.done():
                     future.set_exception(exc)
             return
+        self._busy_attempt = 0
         self._waiting.extend((self._written, f) for f in futures)
         self._syncing = True
         self._sync_requests.put(self._written)
+
+    def _refuse(
+        self, rows: list[tuple[bytes, float]], futures: list[asyncio.Future[None]], error: Unavailable
+    ) -> None:
+        """Answer appends whose transaction was rolled back: nothing of them was kept."""
+        self._entries -= len(rows)
+        self._bytes -= sum(len(record) for record, _ in rows) + ENTRY_OVERHEAD * len(rows)
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)
+
+    def _no_room(self) -> SpoolFull:
+        return SpoolFull("spool_full", f"the disk of the spool {self.directory} is full", self._retry_after)
+
+    def _enter_disk_full(self) -> None:
+        if not self._disk_full:
+            self._disk_full = True
+            log.warning("spool_disk_full", path=str(self.path), entries=self._entries)
+
+    def _room_returned(self) -> None:
+        if self._disk_full:
+            self._disk_full = False
+            log.info("spool_room_returned", path=str(self.path))
+
+    def _take_reserve(self) -> bool:
+        """Make the reserve file if it is not there; False if the file system has no room for it."""
+        with self._reserve_lock:
+            if self._reserve_held:
+                return True
+            try:
+                fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    if self._reserve_bytes > 0:
+                        os.posix_fallocate(fd, 0, self._reserve_bytes)
+                finally:
+                    os.close(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._reserve_path)
+                return False
+            self._reserve_held = True
+            return True
+
+    def _give_up_reserve(self) -> bool:
+        """Delete the reserve file so a delete or checkpoint finds room; False if there was none."""
+        with self._reserve_lock:
+            if not self._reserve_held:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._reserve_path)
+            self._reserve_held = False
+        log.warning("spool_reserve_released", path=str(self._reserve_path), bytes=self._reserve_bytes)
+        return True
 
     def _fail(self, error: SpoolError) -> SpoolError:
         if self._failed is None:
@@ -408,7 +625,7 @@ class Spool:
             try:
                 os.fdatasync(self._wal_fd)
             except OSError as exc:
-                error = SpoolError(f"spool fsync failed: {exc}")
+                error = SpoolError(f"spool fsync failed (appends not answered were refused): {exc}")
             # As the appends saw it: the system call, and the wait for the GIL after it.
             self._sync_clock.record(time.perf_counter() - started)
             self.commits += 1
@@ -434,16 +651,46 @@ class Spool:
         while True:
             closing = self._stopping.wait(CHECKPOINT_EVERY)
             try:
-                _busy, pages, _copied = self._checkpointer.execute(
-                    "PRAGMA wal_checkpoint(PASSIVE)"
-                ).fetchone()
-                self.checkpoints += 1
-                if not closing and pages > WAL_PAGES_LIMIT:
-                    self._checkpoint_whole()
+                if self._disk_full and not closing:
+                    self._look_for_room()
+                else:
+                    _busy, pages, _copied = self._checkpointer.execute(
+                        "PRAGMA wal_checkpoint(PASSIVE)"
+                    ).fetchone()
+                    self.checkpoints += 1
+                    if not closing and pages > WAL_PAGES_LIMIT:
+                        self._checkpoint_whole()
             except sqlite3.Error as exc:
                 log.warning("spool_checkpoint_failed", error=str(exc))
             if closing:
                 return
+
+    def _look_for_room(self) -> None:
+        """While the disk is full, instead of the periodic checkpoint: have an emptied spool
+        compacted; checkpoint only when the database file has room to grow for it (a checkpoint
+        that cannot finish would only take the room deletes need), giving the WAL's room back;
+        take the reserve back, and let appends in once there is room for them."""
+        assert self._checkpointer is not None
+        assert self._loop is not None
+        page_size, pages, free_pages = (
+            int(self._checkpointer.execute(f"PRAGMA {name}").fetchone()[0])
+            for name in ("page_size", "page_count", "freelist_count")
+        )
+        if self._entries == 0 and free_pages > 0:
+            # A checkpoint copies every page up to the database's size, freed ones too: a file
+            # grown in the WAL past what the disk holds is only checkpointed once compacted.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._compact)
+            return
+        if pages * page_size - os.stat(self.path).st_size > _free_bytes(self.directory):
+            return
+        self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        self.checkpoints += 1
+        if not self._take_reserve():
+            return
+        if _free_bytes(self.directory) + free_pages * page_size >= ROOM_TO_RESUME:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._room_returned)
 
     def _checkpoint_whole(self) -> None:
         """Hold the writer on the loop's thread, copy what is left of the WAL, let the writer go:
@@ -465,6 +712,24 @@ class Spool:
         finally:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._resume)
+
+    def _compact(self) -> None:
+        """Rewrite an emptied spool small (VACUUM): only on a full disk, where its freed pages
+        would otherwise keep every checkpoint from completing."""
+        if self._entries != 0 or self._writer is None or self._failed is not None or self._paused:
+            return
+        try:
+            self._writer.execute("VACUUM")
+        except sqlite3.Error as exc:
+            if not (_is_full(exc) and self._give_up_reserve()):
+                log.warning("spool_compact_failed", error=str(exc))
+                return
+            try:
+                self._writer.execute("VACUUM")
+            except sqlite3.Error as again:
+                log.warning("spool_compact_failed", error=str(again))
+                return
+        log.info("spool_compacted", path=str(self.path))
 
     def _pause(self) -> None:
         self._paused = True
@@ -491,22 +756,51 @@ class SpoolReader:
         except sqlite3.Error as exc:
             raise SpoolCorrupt(f"spool file {path} cannot be opened: {exc}") from None
 
-    def read(self, after: int, limit: int) -> tuple[Span, list[bytes]]:
-        """The records after ``after`` (up to ``limit``) and the span they take; count 0 if none.
+    def read(
+        self, after: int, limit: int, *, max_bytes: int | None = None
+    ) -> tuple[Span, list[tuple[int, bytes]]]:
+        """The (seq, record) rows after ``after``, oldest first, and the span they take: at most
+        ``limit`` rows whose records add up to at most ``max_bytes`` (but always the first one);
+        count 0 if none.
+
+        Busy and read errors are retried a few times (~0.8 s); if they last, nothing is read this
+        time (count 0, logged) and the drain asks again.
 
         Raises:
-            SpoolCorrupt: the file can no longer be read.
+            SpoolCorrupt: the file fails SQLite's integrity checks.
         """
-        try:
-            rows: list[tuple[int, bytes]] = self._conn.execute(
-                "SELECT seq, record FROM spool WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
-            ).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise SpoolCorrupt(f"spool file {self.path} cannot be read: {exc}") from None
-        records = [bytes(record) for _seq, record in rows]
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                rows = self._read(after, limit, max_bytes)
+                break
+            except sqlite3.OperationalError as exc:
+                if delay is None:
+                    log.warning("spool_read_failed", error=str(exc), after=after)
+                    rows = []
+                    break
+                log.info("spool_read_retried", error=str(exc), after=after)
+                time.sleep(delay)
+            except sqlite3.DatabaseError as exc:
+                raise SpoolCorrupt(f"spool file {self.path} cannot be read: {exc}") from None
         if not rows:
-            return Span(after, after, 0, 0), records
-        return Span(rows[0][0], rows[-1][0], len(rows), sum(len(r) for r in records)), records
+            return Span(after, after, 0, 0), rows
+        return Span(rows[0][0], rows[-1][0], len(rows), sum(len(r) for _, r in rows)), rows
+
+    def _read(self, after: int, limit: int, max_bytes: int | None) -> list[tuple[int, bytes]]:
+        cursor = self._conn.execute(
+            "SELECT seq, record FROM spool WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        rows: list[tuple[int, bytes]] = []
+        total = 0
+        try:
+            for seq, record in cursor:
+                if max_bytes is not None and rows and total + len(record) > max_bytes:
+                    break
+                rows.append((int(seq), bytes(record)))
+                total += len(record)
+        finally:
+            cursor.close()  # ends the read: a reader left open would keep the WAL from starting over
+        return rows
 
     def close(self) -> None:
         self._conn.close()

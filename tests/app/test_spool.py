@@ -573,7 +573,7 @@ async def fill(spool: Spool, record: bytes) -> int:
 
 def fill_the_disk(path: Path) -> None:
     """Take whatever room is left on the file system of ``path``."""
-    with open(path, "wb") as out, contextlib.suppress(OSError):
+    with contextlib.suppress(OSError), open(path, "wb") as out:
         while True:
             out.write(b"\0" * 4096)
             out.flush()
