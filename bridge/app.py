@@ -29,12 +29,14 @@ from bridge.message import (
 )
 from bridge.ops import OPERATIONS, RETRY_AFTER, WEBHOOK_PREFIX, Operations, liveness_answer
 from bridge.payload import Payload, parse_payload
+from bridge.sequencer import Sequencer
 from bridge.settings import Settings
 from bridge.sink import Sink
 
 SETTINGS = web.AppKey("settings", Settings)
 SINK = web.AppKey("sink", Sink)
 GATE = web.AppKey("gate", Gate)
+SEQUENCER = web.AppKey("sequencer", Sequencer)
 OPENAPI = resources.files("bridge").joinpath("openapi.json")
 SOURCE_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
 
@@ -51,6 +53,7 @@ def build_app(settings: Settings, sink: Sink) -> web.Application:
     app[SETTINGS] = settings
     app[SINK] = sink
     app[GATE] = Gate(settings.max_concurrent)
+    app[SEQUENCER] = Sequencer(sink)
     app.router.add_post("/webhooks/servio", receive_webhook)
     app.router.add_post("/webhooks/servio/{source:" + SOURCE_PATTERN + "}", receive_webhook)
     app.router.add_get("/healthz", healthz)
@@ -61,40 +64,46 @@ def build_app(settings: Settings, sink: Sink) -> web.Application:
 async def receive_webhook(request: web.Request) -> web.Response:
     """Split one Servio body into messages and answer only once they are all safe."""
     settings = request.app[SETTINGS]
-    sink = request.app[SINK]
+    sequencer = request.app[SEQUENCER]
     source = request.match_info.get("source", DEFAULT_SOURCE)
     # 128 random bits from the process's own generator (seeded from the OS): unique, and without
     # the system call per request that os.urandom or uuid4 makes.
-    delivery = Delivery(f"{random.getrandbits(128):032x}", source, datetime.now(UTC))
-    bind(delivery_id=delivery.delivery_id, source=source)
+    delivery_id = f"{random.getrandbits(128):032x}"
+    bind(delivery_id=delivery_id, source=source)
     raw = await read_body(request, max_body=settings.max_body, read_timeout=settings.read_timeout)
-    async with request.app[GATE].turn():
-        try:
-            payload = parse_payload(raw, max_ids=settings.max_ids)
-        except (InvalidBody, TooLarge) as exc:
-            # Refused after it was received whole: the raw bytes are kept as a dead letter.
-            letter = build_invalid_body(
-                raw, delivery, exchange=settings.exchange, reason=exc.code, detail=exc.detail
-            )
-            await sink.accept([letter])
-            bind(rejected=1, messages=0)
-            return _json(
-                {
-                    "status": "rejected",
-                    "error": exc.code,
-                    "detail": exc.detail,
-                    "delivery_id": delivery.delivery_id,
-                },
-                status=exc.status,
-            )
-        if len(payload.events) <= CHUNK:
-            messages = build_messages(
-                payload, delivery, exchange=settings.exchange, template=settings.routing_key
-            )
-        else:
-            messages = await _build_in_chunks(payload, delivery, settings)
-        if messages:
-            await sink.accept(messages)
+    # Arrival is when the body is complete; the ticket taken with it keeps the spool in that order.
+    delivery = Delivery(delivery_id, source, datetime.now(UTC))
+    ticket = sequencer.take()
+    try:
+        async with request.app[GATE].turn():
+            try:
+                payload = parse_payload(raw, max_ids=settings.max_ids, charset=request.charset)
+            except (InvalidBody, TooLarge) as exc:
+                # Refused after it was received whole: the raw bytes are kept as a dead letter.
+                letter = build_invalid_body(
+                    raw, delivery, exchange=settings.exchange, reason=exc.code, detail=exc.detail
+                )
+                await sequencer.accept(ticket, [letter])
+                bind(rejected=1, messages=0)
+                return _json(
+                    {
+                        "status": "rejected",
+                        "error": exc.code,
+                        "detail": exc.detail,
+                        "delivery_id": delivery.delivery_id,
+                    },
+                    status=exc.status,
+                )
+            if len(payload.events) + len(payload.rejections) <= CHUNK:
+                messages = build_messages(
+                    payload, delivery, exchange=settings.exchange, template=settings.routing_key, body=raw
+                )
+            else:
+                messages = await _build_in_chunks(payload, delivery, settings, raw)
+            if messages:
+                await sequencer.accept(ticket, messages)
+    finally:
+        sequencer.release(ticket)
     bind(messages=len(payload.events), rejected=len(payload.rejections))
     return _json(
         {
@@ -106,13 +115,16 @@ async def receive_webhook(request: web.Request) -> web.Response:
     )
 
 
-async def _build_in_chunks(payload: Payload, delivery: Delivery, settings: Settings) -> list[Outbound]:
+async def _build_in_chunks(
+    payload: Payload, delivery: Delivery, settings: Settings, raw: bytes
+) -> list[Outbound]:
     """``build_messages`` for a large webhook, letting other requests run between two chunks."""
     messages: list[Outbound] = []
-    for chunk in message_chunks(payload, delivery, exchange=settings.exchange, template=settings.routing_key):
+    for chunk in message_chunks(
+        payload, delivery, exchange=settings.exchange, template=settings.routing_key, body=raw
+    ):
         messages.extend(chunk)
-        if len(chunk) == CHUNK:  # more may follow: let other requests run before building them
-            await asyncio.sleep(0)
+        await asyncio.sleep(0)
     return messages
 
 

@@ -50,6 +50,36 @@ class TestWebhook:
         ]
         assert json.loads(publisher.published[0].body)["source"] == "Hotel-1.a_b"
 
+    async def test_rejected_parts_are_one_dead_letter(self, client: Client, publisher: FakePublisher) -> None:
+        """Every rejected part of a request goes into one dead letter; the answer counts the parts."""
+        response = await client.post(
+            "/webhooks/servio", data=b'{"Add":{"Guests":[1,true,"x"],"Guests":[2]},"Update":{"Rooms":1e400}}'
+        )
+        assert (await response.json())["rejected"] == 4
+        assert [m.routing_key for m in publisher.published] == ["servio.guests.add", "servio.invalid"]
+        letter = json.loads(publisher.published[1].body)
+        assert [p["reason"] for p in letter["parts"]] == ["bad_id", "bad_id", "ids_not_list", "duplicate_key"]
+
+    @pytest.mark.parametrize(
+        ("data", "content_type"),
+        [
+            pytest.param(b"\xef\xbb\xbf" + b'{"Add":{"Guests":[9]}}', "application/json", id="utf-8-bom"),
+            pytest.param('{"Add":{"Guests":[9]}}'.encode("utf-16"), "application/json", id="utf-16-bom"),
+            pytest.param(
+                '{"Add":{"Guests":[9]}}'.encode("utf-16-be"),
+                "application/json; charset=utf-16be",
+                id="utf-16be",
+            ),
+        ],
+    )
+    async def test_bom_and_utf_16_are_decoded(
+        self, client: Client, publisher: FakePublisher, data: bytes, content_type: str
+    ) -> None:
+        """A UTF-8 BOM is ignored; UTF-16, by its BOM or the Content-Type's charset, is decoded."""
+        response = await client.post("/webhooks/servio", data=data, headers={"Content-Type": content_type})
+        assert response.status == 200, await response.text()
+        assert [json.loads(m.body)["id"] for m in publisher.published] == [9]
+
     async def test_source_defaults_when_url_has_none(self, client: Client, publisher: FakePublisher) -> None:
         """POST /webhooks/servio labels its messages with the source "default"."""
         response = await client.post("/webhooks/servio", data=b'{"Delete":{"Rooms":["160"]}}')
