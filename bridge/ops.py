@@ -14,13 +14,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import structlog
 from aiohttp import web
 
 from bridge.metrics import CONTENT_TYPE, Metrics, State
 from bridge.spool import Spool
 
-log = structlog.get_logger("bridge.ops")
 WEBHOOK_PREFIX = "/webhooks/"
 RETRY_AFTER = 5
 # Room a spool needs to take one more ordinary webhook; with less it is full rather than "nearly".
@@ -169,7 +167,10 @@ class Operations:
         return [p for p in problems if p in stop]
 
     def _spool_full(self) -> bool:
+        """At its byte bound, or on a disk with no room left."""
         assert self.spool is not None
+        if self.spool.disk_full:
+            return True
         bound = self.spool_max_bytes
         return bound is not None and self.spool.stats.bytes + SPOOL_ROOM > bound
 

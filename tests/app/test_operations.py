@@ -168,6 +168,16 @@ class TestReadiness:
         body = await response.json()
         assert (body["problems"], body["blocking"]) == (["spool_full"], ["spool_full"])
 
+    async def test_a_full_disk_is_spool_full(
+        self, ops: tuple[Client, Operations], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A spool whose disk is full is spool_full and blocking, whatever its byte count."""
+        client, _ = ops
+        monkeypatch.setattr(Spool, "disk_full", property(lambda _self: True), raising=False)
+        response = await client.get("/readyz")
+        assert response.status == 503
+        assert (await response.json())["blocking"] == ["spool_full"]
+
     async def test_closed_spool_is_not_writable(self, ops: tuple[Client, Operations]) -> None:
         """A spool that cannot be written is spool_not_writable and blocking."""
         client, operations = ops
@@ -468,4 +478,4 @@ class TestLargeWebhooks:
             _, stored = reader.read(0, 10_000)
         finally:
             reader.close()
-        assert [json.loads(r)[2].rsplit(".", 1)[1] for r in stored] == [str(i) for i in ids]
+        assert [json.loads(r)[2].rsplit(".", 1)[1] for _, r in stored] == [str(i) for i in ids]
