@@ -104,7 +104,9 @@ def _utf16_codec(raw: bytes, charset: str | None) -> str | None:
         return "utf-16-le"
     if raw.startswith(b"\xfe\xff"):
         return "utf-16-be"
-    codec = _UTF16_CHARSETS.get((charset or "").strip().lower())
+    if not charset:
+        return None
+    codec = _UTF16_CHARSETS.get(charset.strip().lower())
     if codec == "":
         # No BOM to say the byte order: a JSON text starts with an ASCII character, so the
         # first byte is 0 in big-endian order only.
