@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from bridge.errors import BrokerError, SpoolError, SpoolFull, Unavailable
+from bridge.errors import BrokerError, SpoolError, Unavailable
 from bridge.message import CHUNK, Outbound, encode_record
 from bridge.publisher import Publisher
 from bridge.spool import Spool
@@ -78,9 +78,12 @@ class SpoolSink:
             else:
                 records = await encode_records(messages)
             await self._spool.append(records)
-        except SpoolFull:
+        except Unavailable:
+            # SpoolFull (its bound, or no room on its disk) or spool_busy: nothing was kept and
+            # the spool goes on; the sender is told to come back.
             raise
         except SpoolError as exc:
+            # A failed write or fsync other than for room: the process stops (exit 3).
             self._on_fatal(exc)
             raise Unavailable("spool_failed", "the spool cannot be written", self._retry_after) from None
 

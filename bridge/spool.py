@@ -42,10 +42,12 @@ log = structlog.get_logger("bridge.spool")
 SCHEMA_VERSION = 2
 FILE_NAME = "spool.sqlite3"
 RESERVE_FILE = "spool.reserve"
-# Room held back on the spool's file system for removing confirmed entries on a full disk: the
-# WAL frames of deletes until a checkpoint lets the WAL start over, and the database pages a
-# checkpoint adds for appends it had not yet copied (a second of appends, at most the WAL limit).
-RESERVE_BYTES = 16 * 1024 * 1024
+# Room held back on the spool's file system so that confirmed entries can be removed on a full
+# disk. First the checkpoint of the appends the WAL holds, which adds their pages to the database
+# file: at most the WAL's limit (8,192 pages, 32 MiB) plus the second of appends before the
+# checkpointer looks, which is what one run filled a disk with between two checkpoints (~23 MB).
+# Then the WAL frames of the deletes until the next checkpoint lets the WAL start over.
+RESERVE_BYTES = 40 * 1024 * 1024
 # Once the disk was found full, appends are taken again only with the reserve back in place and
 # this much room for them (free space of the file system plus the spool file's free pages).
 ROOM_TO_RESUME = 1024 * 1024
@@ -541,6 +543,7 @@ class Spool:
         return SpoolFull("spool_full", f"the disk of the spool {self.directory} is full", self._retry_after)
 
     def _enter_disk_full(self) -> None:
+        # Either thread: a flag the loop's thread reads, set once.
         if not self._disk_full:
             self._disk_full = True
             log.warning("spool_disk_full", path=str(self.path), entries=self._entries)
@@ -570,7 +573,8 @@ class Spool:
             return True
 
     def _give_up_reserve(self) -> bool:
-        """Delete the reserve file so a delete or checkpoint finds room; False if there was none."""
+        """Delete the reserve file so a checkpoint, a delete or a compaction finds room; False if
+        there was none."""
         with self._reserve_lock:
             if not self._reserve_held:
                 return False
@@ -578,6 +582,8 @@ class Spool:
                 os.unlink(self._reserve_path)
             self._reserve_held = False
         log.warning("spool_reserve_released", path=str(self._reserve_path), bytes=self._reserve_bytes)
+        # Until the reserve is back, appends wait and checkpoints run only where they can finish.
+        self._enter_disk_full()
         return True
 
     def _fail(self, error: SpoolError) -> SpoolError:
@@ -682,7 +688,11 @@ class Spool:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._compact)
             return
-        if pages * page_size - os.stat(self.path).st_size > _free_bytes(self.directory):
+        growth = pages * page_size - os.stat(self.path).st_size
+        free = _free_bytes(self.directory)
+        # Appends the WAL holds that the file has no room for yet: the reserve is for this first,
+        # so that deletes then write over a WAL that starts over rather than one that grows.
+        if growth > free and (growth > free + self._reserve_bytes or not self._give_up_reserve()):
             return
         self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         self.checkpoints += 1

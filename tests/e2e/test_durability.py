@@ -8,6 +8,7 @@ against what reached a queue bound to ``#``: lost must be 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -289,8 +290,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-class TestFailedWrite:
-    async def test_disk_full_stops_the_process_and_never_answers_200_unkept(
+class TestDiskFull:
+    async def test_a_full_disk_answers_503_stays_up_and_a_restart_on_it_drains(
         self,
         small_disk: Path,
         start_bridge: Starter,
@@ -298,42 +299,68 @@ class TestFailedWrite:
         amqp_channel: AbstractChannel,
         exchange_name: str,
     ) -> None:
-        """A spool write that fails: no 200 for it, exit code 3, and every 200 before it is delivered."""
+        """The spool's disk fills while the broker is cut: 503 spool_full with Retry-After and no
+        exit; killed and restarted on the still-full disk, the bridge starts, drains and deletes
+        once the broker is back, every 200 is delivered, and webhooks are taken again."""
         everything = await bind_all(amqp_channel, exchange_name)
+        # Room for the spool's 40 MiB reserve and some 100 webhooks of 1,000 IDs each.
+        remount = ["mount", "-o", "remount,size=72m", str(small_disk)]
+        await asyncio.to_thread(subprocess.run, remount, check=True)
         await proxy.refuse()
         spool = str(small_disk / "spool")
         bridge = await start_bridge(BRIDGE_SPOOL_DIR=spool)
         accepted: set[int] = set()
-        statuses: list[int] = []
+        refusals: list[tuple[str, str | None]] = []
         async with aiohttp.ClientSession(bridge.base_url) as http:
-            for n in range(400):
+            for n in range(1000):
                 ids = list(range(n * 1000, n * 1000 + 1000))
-                try:
-                    async with http.post(
-                        "/webhooks/servio/x", data=orjson.dumps({"Add": {"Guests": ids}})
-                    ) as r:
-                        statuses.append(r.status)
-                        if r.status == 200:
-                            accepted.update(ids)
-                        else:
-                            assert r.status == 503
-                            assert (await r.json())["error"] == "spool_failed"
-                except aiohttp.ClientError:
-                    break
-                if r.status != 200:
-                    break
-        assert statuses[-1] == 503, statuses
-        assert await asyncio.to_thread(bridge.wait, 30) == 3
-        assert any(e["event"] == "spool_write_failed" for e in bridge.events())
-        # Room again (an operator frees space): a restart delivers everything answered 200.
-        remount = ["mount", "-o", "remount,size=64m", str(small_disk)]
-        await asyncio.to_thread(subprocess.run, remount, check=True)
+                async with http.post("/webhooks/servio/x", data=orjson.dumps({"Add": {"Guests": ids}})) as r:
+                    if r.status == 200:
+                        accepted.update(ids)
+                        continue
+                    assert r.status == 503, r.status
+                    refusals.append(((await r.json())["error"], r.headers.get("Retry-After")))
+                    if len(refusals) == 5:
+                        break
+                    await asyncio.sleep(0.2)
+        assert len(accepted) >= 20_000, len(accepted)
+        assert {error for error, _ in refusals} == {"spool_full"}, refusals
+        assert all(after is not None and int(after) > 0 for _, after in refusals), refusals
+        await asyncio.sleep(1.0)
+        assert bridge.proc.poll() is None, bridge.lines[-10:]
+        assert any(e["event"] == "spool_disk_full" for e in bridge.events())
+        # Whatever room the spool gave back meanwhile, something else on the disk takes.
+        await asyncio.to_thread(fill_the_disk, small_disk / "filler")
+        bridge.signal(signal.SIGKILL)
+        assert await asyncio.to_thread(bridge.wait) == -signal.SIGKILL
+        # The disk is still full: the new process must start on it, and drain it.
+        restarted = await start_bridge(BRIDGE_SPOOL_DIR=spool)
         await proxy.accept()
-        await start_bridge(BRIDGE_SPOOL_DIR=spool)
         await wait_delivered(everything, accepted, timeout=120)
         lost, _ = reconcile(accepted, await everything.settle(0.5))
         assert lost == 0
-        assert len(accepted) >= 1000
+        assert restarted.proc.poll() is None, restarted.lines[-10:]
+        # The drain emptied the spool on the full disk: room again, webhooks are taken again.
+        late = 5_000_000
+        async with aiohttp.ClientSession(restarted.base_url) as http:
+            for _ in range(300):
+                body = orjson.dumps({"Add": {"Guests": [late]}})
+                async with http.post("/webhooks/servio/x", data=body) as r:
+                    if r.status == 200:
+                        break
+                    assert (await r.json())["error"] == "spool_full"
+                await asyncio.sleep(0.1)
+            assert r.status == 200
+        await wait_delivered(everything, {late}, timeout=30)
+        assert not any(e["event"] == "stopping_on_spool_failure" for e in restarted.events())
+
+
+def fill_the_disk(path: Path) -> None:
+    """Take whatever room is left on the file system of ``path``."""
+    with contextlib.suppress(OSError), open(path, "wb") as out:
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
 
 
 def child_pids(pid: int) -> list[int]:
