@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if args.command == "send":
         return _send(settings, args, env)
     if args.command == "spool":
+        if args.spool_command == "quarantine":
+            return _spool_quarantine(settings, args)
         return _spool_stats(settings, args)
     if args.command == "redrive":
         return _redrive(settings, args)
@@ -89,10 +92,30 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)"
     )
-    spool = commands.add_parser("spool", help="look at the spool (read-only; safe while the bridge runs)")
+    spool = commands.add_parser(
+        "spool", help="look at the spool and its quarantine (safe while the bridge runs)"
+    )
     spool_commands = spool.add_subparsers(dest="spool_command", metavar="SPOOL_COMMAND", required=True)
-    stats = spool_commands.add_parser("stats", help="entries, bytes and oldest entry waiting for RabbitMQ")
+    stats = spool_commands.add_parser(
+        "stats", help="entries, bytes, oldest entry waiting for RabbitMQ, and entries quarantined"
+    )
     _add_format(stats)
+    quarantine = spool_commands.add_parser(
+        "quarantine",
+        help="entries even <exchange>.invalid refused: list them, or publish them again",
+        description="The spool keeps what RabbitMQ refused even as a dead letter in a quarantine "
+        "table. `list` reads it (read-only); `redrive` publishes each entry again with confirms and "
+        "removes only the confirmed ones (exit 1 if any is left). Both are safe while the bridge runs.",
+    )
+    quarantine_commands = quarantine.add_subparsers(
+        dest="quarantine_command", metavar="QUARANTINE_COMMAND", required=True
+    )
+    for name, text in (
+        ("list", "seq, when, reason, routing key and message_id of each quarantined entry"),
+        ("redrive", "publish each quarantined entry again; remove it once RabbitMQ confirmed it"),
+    ):
+        command = quarantine_commands.add_parser(name, help=text)
+        command.add_argument("--json", action="store_true", help="one JSON object per line, for scripts")
     redrive = commands.add_parser(
         "redrive",
         help="re-parse <exchange>.invalid with today's parser; publish what now parses",
@@ -176,10 +199,57 @@ def _spool_stats(settings: Settings, args: argparse.Namespace) -> int:
     row: dict[str, object] = {"spool": str(settings.spool_dir), "exists": stats is not None}
     entries, size, oldest = (stats.entries, stats.bytes, stats.oldest) if stats else (0, 0, None)
     row.update(entries=entries, bytes=size, max_bytes=settings.spool_max_bytes)
+    row["quarantined"] = stats.quarantined if stats else 0
     row["oldest"] = None if oldest is None else datetime.fromtimestamp(oldest, UTC).isoformat()
     row["oldest_age_seconds"] = None if oldest is None else round(max(0.0, time.time() - oldest), 3)
     _print([row], args)
     return 0
+
+
+def _spool_quarantine(settings: Settings, args: argparse.Namespace) -> int:
+    from bridge.inspection import read_quarantine
+    from bridge.message import decode_record
+
+    name = f"servio-bridge spool quarantine {args.quarantine_command}"
+    if settings.spool_dir is None:
+        sys.stderr.write(f"{name}: no spool (BRIDGE_SPOOL_DIR is empty)\n")
+        return 1
+    rows: list[dict[str, object]] = []
+    try:
+        if args.quarantine_command == "redrive":
+            from bridge.quarantine import redrive_quarantine
+
+            report = asyncio.run(redrive_quarantine(settings, settings.spool_dir))
+            rows.append({"examined": report.examined, "published": report.published, "left": report.left})
+            rows.extend({"error": error} for error in report.errors)
+        else:
+            for entry in read_quarantine(settings.spool_dir):
+                routing_key: str | None = None
+                message_id: str | None = None
+                with contextlib.suppress(ValueError):  # listed all the same, by seq and reason
+                    message = decode_record(entry.record)
+                    routing_key, message_id = message.routing_key, message.message_id
+                rows.append(
+                    {
+                        "seq": entry.seq,
+                        "quarantined": datetime.fromtimestamp(entry.quarantined, UTC).isoformat(),
+                        "reason": entry.reason,
+                        "routing_key": routing_key,
+                        "message_id": message_id,
+                    }
+                )
+    except SpoolError as exc:
+        sys.stderr.write(f"{name}: {exc}\n")
+        return exc.exit_code
+    if args.json:
+        _print(rows, args)
+    else:
+        for row in rows:
+            sys.stdout.write("  ".join(f"{k}={v}" for k, v in row.items()) + "\n")
+        if not rows:
+            sys.stdout.write("nothing quarantined\n")
+    left = rows[0].get("left", 0) if args.quarantine_command == "redrive" else 0
+    return 1 if left else 0
 
 
 def _redrive(settings: Settings, args: argparse.Namespace) -> int:

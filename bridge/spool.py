@@ -205,7 +205,6 @@ class Spool:
         self._stopping = threading.Event()
         self._entries = 0
         self._bytes = 0
-        self._quarantined = 0
         self._failed: SpoolError | None = None
         self.appended = asyncio.Event()
         self.commits_covered = 0  # the newest transaction the last fsync made durable
@@ -257,7 +256,6 @@ class Spool:
         row = self._reader.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(record)), 0) FROM spool").fetchone()
         self._entries, record_bytes = int(row[0]), int(row[1])
         self._bytes = record_bytes + self._entries * ENTRY_OVERHEAD
-        self._quarantined = int(self._reader.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
         if not self._take_reserve():
             self._disk_full = True
             log.warning("spool_disk_full", path=str(self.path), reserve_bytes=self._reserve_bytes)
@@ -278,7 +276,7 @@ class Spool:
             path=str(self.path),
             entries=self._entries,
             bytes=self._bytes,
-            quarantined=self._quarantined,
+            quarantined=self._quarantined_count(),
             disk_full=self._disk_full,
         )
 
@@ -369,7 +367,7 @@ class Spool:
 
     @property
     def stats(self) -> SpoolStats:
-        return SpoolStats(self._entries, self._bytes, self._oldest(), self._quarantined)
+        return SpoolStats(self._entries, self._bytes, self._oldest(), self._quarantined_count())
 
     @property
     def writable(self) -> bool:
@@ -456,7 +454,6 @@ class Spool:
             await asyncio.sleep(delay)
             delay = min(delay * 2, REMOVE_RETRY_MAX)
         if quarantined:
-            self._quarantined += counts[0]
             log.warning("spool_quarantined", n=counts[0], seqs=[seq for seq, _ in quarantined][:20])
         self._entries -= span.count
         self._bytes -= span.record_bytes + ENTRY_OVERHEAD * span.count
@@ -597,6 +594,15 @@ class Spool:
             if not future.done():
                 future.set_exception(self._failed)
         return self._failed
+
+    def _quarantined_count(self) -> int:
+        # Read, not counted: ``spool quarantine redrive`` removes entries from another process.
+        if self._reader is None:
+            return 0
+        try:
+            return int(self._reader.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
+        except sqlite3.OperationalError:  # busy: a scrape can do with none this time
+            return 0
 
     def _oldest(self) -> float | None:
         if self._reader is None or self._entries == 0:
