@@ -637,7 +637,7 @@ class Spool:
             try:
                 os.fdatasync(self._wal_fd)
             except OSError as exc:
-                error = SpoolError(f"spool fsync failed (appends not answered were refused): {exc}")
+                error = SpoolError(f"spool fsync failed: {exc}")
             # As the appends saw it: the system call, and the wait for the GIL after it.
             self._sync_clock.record(time.perf_counter() - started)
             self.commits += 1
