@@ -35,19 +35,13 @@ from typing import IO
 import structlog
 
 from bridge.errors import SpoolCorrupt, SpoolError, SpoolFull, Unavailable
+from bridge.reserve import DEFAULT_BYTES, Reserve, free_bytes
 
 log = structlog.get_logger("bridge.spool")
 
 # 1: the spool table; 2: and the quarantine table (a version-1 file is migrated on open).
 SCHEMA_VERSION = 2
 FILE_NAME = "spool.sqlite3"
-RESERVE_FILE = "spool.reserve"
-# Room held back on the spool's file system so that confirmed entries can be removed on a full
-# disk. First the checkpoint of the appends the WAL holds, which adds their pages to the database
-# file: at most the WAL's limit (8,192 pages, 32 MiB) plus the second of appends before the
-# checkpointer looks, which is what one run filled a disk with between two checkpoints (~23 MB).
-# Then the WAL frames of the deletes until the next checkpoint lets the WAL start over.
-RESERVE_BYTES = 40 * 1024 * 1024
 # Once the disk was found full, appends are taken again only with the reserve back in place and
 # this much room for them (free space of the file system plus the spool file's free pages).
 ROOM_TO_RESUME = 1024 * 1024
@@ -138,11 +132,6 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def _free_bytes(directory: Path) -> int:
-    fs = os.statvfs(directory)
-    return fs.f_bavail * fs.f_frsize
-
-
 @dataclass(frozen=True, slots=True)
 class Span:
     """Entries ``first``..``last`` as one read took them: ``count`` records of ``record_bytes`` bytes."""
@@ -163,16 +152,13 @@ class Spool:
     """
 
     def __init__(
-        self, directory: Path, *, max_bytes: int, retry_after: int = 5, reserve_bytes: int = RESERVE_BYTES
+        self, directory: Path, *, max_bytes: int, retry_after: int = 5, reserve_bytes: int = DEFAULT_BYTES
     ) -> None:
         self.directory = directory
         self.path = directory / FILE_NAME
         self._max_bytes = max_bytes
         self._retry_after = retry_after
-        self._reserve_path = directory / RESERVE_FILE
-        self._reserve_bytes = reserve_bytes
-        self._reserve_lock = threading.Lock()
-        self._reserve_held = False
+        self._reserve = Reserve(directory, reserve_bytes)
         # Set on the loop's thread when the disk refused a write or the reserve was given up;
         # cleared there once the checkpointer thread finds room again.
         self._disk_full = False
@@ -235,8 +221,7 @@ class Spool:
             raise SpoolError(f"spool {self.directory} is in use by another process") from None
         # The reserve of the last run is this one's room to open on a full disk (the WAL index,
         # a WAL left by a kill); it is taken again below once the spool is open and checkpointed.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._reserve_path)
+        self._reserve.discard()
         self._writer = self._connect(synchronous="FULL")
         # Start-up may wait for a ``spool quarantine`` command's short write; later, the loop's
         # thread never blocks on a lock (busy writes are retried by the loop).
@@ -256,9 +241,9 @@ class Spool:
         row = self._reader.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(record)), 0) FROM spool").fetchone()
         self._entries, record_bytes = int(row[0]), int(row[1])
         self._bytes = record_bytes + self._entries * ENTRY_OVERHEAD
-        if not self._take_reserve():
+        if not self._reserve.take():
             self._disk_full = True
-            log.warning("spool_disk_full", path=str(self.path), reserve_bytes=self._reserve_bytes)
+            log.warning("spool_disk_full", path=str(self.path), reserve_bytes=self._reserve.size)
         try:
             self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -550,35 +535,12 @@ class Spool:
             self._disk_full = False
             log.info("spool_room_returned", path=str(self.path))
 
-    def _take_reserve(self) -> bool:
-        """Make the reserve file if it is not there; False if the file system has no room for it."""
-        with self._reserve_lock:
-            if self._reserve_held:
-                return True
-            try:
-                fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                try:
-                    if self._reserve_bytes > 0:
-                        os.posix_fallocate(fd, 0, self._reserve_bytes)
-                finally:
-                    os.close(fd)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(self._reserve_path)
-                return False
-            self._reserve_held = True
-            return True
-
     def _give_up_reserve(self) -> bool:
         """Delete the reserve file so a checkpoint, a delete or a compaction finds room; False if
         there was none."""
-        with self._reserve_lock:
-            if not self._reserve_held:
-                return False
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._reserve_path)
-            self._reserve_held = False
-        log.warning("spool_reserve_released", path=str(self._reserve_path), bytes=self._reserve_bytes)
+        if not self._reserve.give_up():
+            return False
+        log.warning("spool_reserve_released", path=str(self._reserve.path), bytes=self._reserve.size)
         # Until the reserve is back, appends wait and checkpoints run only where they can finish.
         self._enter_disk_full()
         return True
@@ -695,16 +657,16 @@ class Spool:
                 self._loop.call_soon_threadsafe(self._compact)
             return
         growth = pages * page_size - os.stat(self.path).st_size
-        free = _free_bytes(self.directory)
+        free = free_bytes(self.directory)
         # Appends the WAL holds that the file has no room for yet: the reserve is for this first,
         # so that deletes then write over a WAL that starts over rather than one that grows.
-        if growth > free and (growth > free + self._reserve_bytes or not self._give_up_reserve()):
+        if growth > free and (growth > free + self._reserve.size or not self._give_up_reserve()):
             return
         self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         self.checkpoints += 1
-        if not self._take_reserve():
+        if not self._reserve.take():
             return
-        if _free_bytes(self.directory) + free_pages * page_size >= ROOM_TO_RESUME:
+        if free_bytes(self.directory) + free_pages * page_size >= ROOM_TO_RESUME:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._room_returned)
 

@@ -1,0 +1,74 @@
+"""Room held back on the spool's file system: a preallocated file given up when a delete needs room.
+
+Without it a full disk could not even take the delete of what RabbitMQ confirmed (a delete in
+WAL mode writes pages too), and a restart on a full disk would publish its backlog for ever.
+See docs/spool.md ("The reserve") for its size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+
+FILE_NAME = "spool.reserve"
+# A checkpoint of a WAL at its limit (8,192 pages, 32 MiB) plus the second of appends before the
+# checkpointer looks (one test run filled a disk with ~23 MB of WAL between two checkpoints),
+# then the WAL frames of deletes until the WAL starts over.
+DEFAULT_BYTES = 40 * 1024 * 1024
+
+
+class Reserve:
+    """The reserve file in ``directory``; taken and given up from either of two threads."""
+
+    def __init__(self, directory: Path, size: int = DEFAULT_BYTES) -> None:
+        self.path = directory / FILE_NAME
+        self.size = size
+        self._lock = threading.Lock()
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def discard(self) -> None:
+        """Delete a reserve file left by an earlier run, held or not."""
+        with self._lock, contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+            self._held = False
+
+    def take(self) -> bool:
+        """Make the file if it is not there; False if the file system has no room for it."""
+        with self._lock:
+            if self._held:
+                return True
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    if self.size > 0:
+                        os.posix_fallocate(fd, 0, self.size)
+                finally:
+                    os.close(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+                return False
+            self._held = True
+            return True
+
+    def give_up(self) -> bool:
+        """Delete the file, so that its room can be written; False if it was not held."""
+        with self._lock:
+            if not self._held:
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self._held = False
+            return True
+
+
+def free_bytes(directory: Path) -> int:
+    """Room an unprivileged writer has on the file system of ``directory``."""
+    fs = os.statvfs(directory)
+    return fs.f_bavail * fs.f_frsize
