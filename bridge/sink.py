@@ -48,7 +48,9 @@ class DirectSink:
         try:
             # The deadline paces retries; the timeout also bounds a connect that hangs.
             async with asyncio.timeout(self._timeout):
-                await self._publisher.publish(messages, deadline=time.monotonic() + self._timeout)
+                kept_nowhere = await self._publisher.publish(
+                    messages, deadline=time.monotonic() + self._timeout
+                )
         except TimeoutError:
             raise Unavailable(
                 "broker_unavailable", "RabbitMQ did not confirm the messages in time", self._retry_after
@@ -57,6 +59,14 @@ class DirectSink:
             raise Unavailable(
                 "broker_unavailable", f"RabbitMQ did not confirm the messages: {exc}", self._retry_after
             ) from None
+        if kept_nowhere:
+            # Refused even as dead letters, and without a spool there is no quarantine to hold
+            # them: the request was not kept whole, so it must not be answered 200.
+            raise Unavailable(
+                "broker_refused",
+                f"RabbitMQ refused {len(kept_nowhere)} message(s), even as dead letters",
+                self._retry_after,
+            )
 
 
 class SpoolSink:

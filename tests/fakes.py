@@ -6,23 +6,32 @@ from collections.abc import Sequence
 
 from bridge.errors import BrokerError, BrokerUnavailable
 from bridge.message import Outbound
+from bridge.refusals import Refusal
 
 
 class FakePublisher:
-    """Records what it is asked to publish; ``fail_with`` makes every publish fail."""
+    """Records what it is asked to publish; ``fail_with`` makes every publish fail, and
+    ``refuse_routing_key`` has messages with that key refused for good, even as dead letters."""
 
     def __init__(self) -> None:
         self.published: list[Outbound] = []
         self.fail_with: BrokerError | None = None
+        self.refuse_routing_key: str | None = None
 
     @property
     def connected(self) -> bool:
         return self.fail_with is None
 
-    async def publish(self, messages: Sequence[Outbound], *, deadline: float | None = None) -> None:
+    async def publish(self, messages: Sequence[Outbound], *, deadline: float | None = None) -> list[Refusal]:
         if self.fail_with is not None:
             raise self.fail_with
-        self.published.extend(messages)
+        refused = [
+            Refusal(index, "nacked", "refused (fake)")
+            for index, message in enumerate(messages)
+            if message.routing_key == self.refuse_routing_key
+        ]
+        self.published.extend(m for m in messages if m.routing_key != self.refuse_routing_key)
+        return refused
 
     def break_down(self) -> None:
         self.fail_with = BrokerUnavailable("broker is down (fake)")

@@ -134,6 +134,17 @@ class TestWebhook:
         assert response.headers["Retry-After"].isdigit()
         assert (await response.json())["error"] == "broker_unavailable"
 
+    async def test_refused_even_as_dead_letter_is_503_without_a_spool(
+        self, client: Client, publisher: FakePublisher
+    ) -> None:
+        """Without a spool there is no quarantine: a message refused for good, even as a dead
+        letter, means the request was not kept, so it is 503, never 200."""
+        publisher.refuse_routing_key = "servio.guests.delete"
+        response = await client.post("/webhooks/servio", data=b'{"Delete":{"Guests":[7]}}')
+        assert response.status == 503
+        assert response.headers["Retry-After"].isdigit()
+        assert (await response.json())["error"] == "broker_refused"
+
 
 class TestHttpErrors:
     @pytest.mark.parametrize(
