@@ -33,7 +33,7 @@ class SpanPublisher(Protocol):
 
     async def publish_after(
         self, after: int, limit: int, *, deadline: float | None = None, window: int | None = None
-    ) -> Published | Span:
+    ) -> Published:
         """Publish the (up to ``limit``) entries after seq ``after``; return once each is
         confirmed, or refused for good and dead-lettered or handed back for quarantine.
 
@@ -41,7 +41,7 @@ class SpanPublisher(Protocol):
 
         Returns:
             The span published (count 0 when there was nothing after ``after``), with the
-            entries to quarantine; a bare ``Span`` when there are none.
+            entries to quarantine.
 
         Raises:
             BrokerError: they could not all be published; the drain tries again.
@@ -101,12 +101,10 @@ class Drain:
     async def _publish(self, after: int, window: int | None) -> Published:
         while True:
             try:
-                result = await self._publisher.publish_after(after, self._batch, window=window)
+                return await self._publisher.publish_after(after, self._batch, window=window)
             except BrokerError as exc:  # the publishing process died mid-batch: a new one takes it again
                 log.warning("drain_publish_failed", error=str(exc))
                 await asyncio.sleep(1)
-                continue
-            return result if isinstance(result, Published) else Published(result)
 
     async def wait_empty(self, within: float) -> bool:
         """Wait up to ``within`` seconds for the spool to be empty; True if it is."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.drain import Drain
+from bridge.drain import Drain, Published
 from bridge.errors import SpoolCorrupt, SpoolError, SpoolFull
 from bridge.inspection import read_quarantine, read_spool_stats
 from bridge.spool import ENTRY_OVERHEAD, FILE_NAME, SYNC_BUCKETS, Span, Spool, SpoolReader, _SyncClock
@@ -307,14 +307,14 @@ class WindowsSeen:
 
     async def publish_after(
         self, after: int, limit: int, *, deadline: float | None = None, window: int | None = None
-    ) -> Span:
+    ) -> Published:
         self.windows.append(window)
         span, rows = self.reader.read(after, limit)
         records = [record for _seq, record in rows]
         if arriving := self.arrivals.pop(len(self.windows), []):
             await self.spool.append(arriving)
         self.published.extend(records)
-        return span
+        return Published(span)
 
 
 class TestDrainWindow:
