@@ -100,5 +100,6 @@ class TestSpawnFailure:
         assert failures, "no spawn failure was logged"
         assert "Too many open files" in str(failures[0]["error"])
         print(
-            f"/healthz 503 {failed_after:.1f}s after the child died; delivered {delivered_after:.1f}s after the limit was raised"
+            f"/healthz 503 {failed_after:.1f}s after the child died; "
+            f"delivered {delivered_after:.1f}s after the limit was raised"
         )
