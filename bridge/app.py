@@ -42,6 +42,9 @@ SOURCE_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
 # Bodies up to this many bytes are parsed on the loop (Servio's are a few hundred; 64 KiB parse in
 # a few ms); larger ones in a thread.
 PARSE_ON_LOOP = 64 * 1024
+# Largest bodies in progress at once: each of 100,000 IDs peaks at ~110 MB, and the deploy files
+# give the process 512 MiB (docs/spool.md, "Memory").
+BODIES_IN_PROGRESS = 1
 
 log = structlog.get_logger("bridge.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -55,7 +58,7 @@ def build_app(settings: Settings, sink: Sink) -> web.Application:
     )
     app[SETTINGS] = settings
     app[SINK] = sink
-    app[GATE] = Gate(settings.max_concurrent)
+    app[GATE] = Gate(settings.max_concurrent, budget=BODIES_IN_PROGRESS * settings.max_body)
     app[SEQUENCER] = Sequencer(sink)
     app.router.add_post("/webhooks/servio", receive_webhook)
     app.router.add_post("/webhooks/servio/{source:" + SOURCE_PATTERN + "}", receive_webhook)
@@ -78,7 +81,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     delivery = Delivery(delivery_id, source, datetime.now(UTC))
     ticket = sequencer.take()
     try:
-        async with request.app[GATE].turn():
+        async with request.app[GATE].turn(len(raw)):
             try:
                 if len(raw) <= PARSE_ON_LOOP:
                     payload = parse_payload(raw, max_ids=settings.max_ids, charset=request.charset)

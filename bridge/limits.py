@@ -7,6 +7,8 @@ sets them from the same settings.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 
 from aiohttp import web
 
@@ -45,46 +47,100 @@ async def read_body(request: web.Request, *, max_body: int, read_timeout: float)
 
 
 class Gate:
-    """At most ``limit`` webhooks are parsed and made safe at once; the next one waits up to
-    ``wait`` seconds for a turn, then is refused with 503 so the client retries later.
+    """At most ``limit`` webhooks are parsed and made safe at once, and their bodies add up to at
+    most ``budget`` bytes (a body's messages are what fill memory: ~1 KB per ID at the peak, see
+    docs/spool.md); the next one waits up to ``wait`` seconds for a turn, then is refused with 503
+    so the client retries later. A small body is not held up by a large one waiting for room, and
+    a body larger than the budget alone still goes once nothing else is in progress.
     """
 
-    def __init__(self, limit: int, *, wait: float = 1.0, retry_after: int = 1) -> None:
-        self._slots = asyncio.Semaphore(limit)
+    def __init__(self, limit: int, *, budget: int, wait: float = 1.0, retry_after: int = 1) -> None:
+        self._limit = limit
+        self._budget = budget
         self._wait = wait
         self._retry_after = retry_after
+        self._taken = 0
+        self._bytes = 0
+        self._queue: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
-    def turn(self) -> _Turn:
-        """Hold one slot for the body of the ``async with``.
+    def turn(self, size: int) -> _Turn:
+        """Hold one turn of ``size`` body bytes for the body of the ``async with``.
 
         Raises (on entering):
-            Unavailable: no slot came free within ``wait`` seconds.
+            Unavailable: no turn came free within ``wait`` seconds.
         """
-        return _Turn(self)
+        return _Turn(self, size)
 
-    async def _acquire(self) -> None:
-        if self._slots.locked():
-            try:
-                async with asyncio.timeout(self._wait):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise Unavailable("busy", "too many webhooks in progress", self._retry_after) from None
-        else:
-            # A free slot is taken without waiting: no timer to arm and cancel per request.
-            await self._slots.acquire()
+    def _fits(self, size: int) -> bool:
+        return self._taken < self._limit and (self._bytes + size <= self._budget or self._taken == 0)
+
+    async def _acquire(self, size: int) -> None:
+        # Each waiter keeps a slot in reserve: later webhooks, which wait for its ticket in the
+        # spool's order, cannot take every slot and leave it none.
+        if self._fits(size) and self._taken + len(self._queue) < self._limit:
+            # Taken without waiting: no future, no timer to arm and cancel per request.
+            self._take(size)
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._queue.append(entry)
+        try:
+            async with asyncio.timeout(self._wait):
+                await waiter
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return  # the turn was handed over just as the wait ran out: it is ours
+            self._leave(entry)
+            raise Unavailable("busy", "too many webhooks in progress", self._retry_after) from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release(size)  # handed a turn just as it was cancelled
+            else:
+                self._leave(entry)
+            raise
+
+    def _leave(self, entry: tuple[int, asyncio.Future[None]]) -> None:
+        """Give up a place in the queue (``_wake`` may have dropped it already, cancelled)."""
+        with contextlib.suppress(ValueError):
+            self._queue.remove(entry)
+        self._wake()  # those behind it may fit now
+
+    def _take(self, size: int) -> None:
+        self._taken += 1
+        self._bytes += size
+
+    def _release(self, size: int) -> None:
+        self._taken -= 1
+        self._bytes -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        """Hand turns to the waiters that fit now, oldest first; one that does not fit yet does
+        not hold up a smaller one behind it."""
+        for entry in list(self._queue):
+            size, waiter = entry
+            if waiter.done():
+                self._queue.remove(entry)
+            elif self._fits(size):
+                self._queue.remove(entry)
+                self._take(size)
+                waiter.set_result(None)
+            elif self._taken >= self._limit:
+                return
 
 
 class _Turn:
     """``Gate.turn()``: a plain async context manager (a generator-based one costs a frame and an
     object per webhook)."""
 
-    __slots__ = ("_gate",)
+    __slots__ = ("_gate", "_size")
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, size: int) -> None:
         self._gate = gate
+        self._size = size
 
     async def __aenter__(self) -> None:
-        await self._gate._acquire()
+        await self._gate._acquire(self._size)
 
     async def __aexit__(self, *_exc: object) -> None:
-        self._gate._slots.release()
+        self._gate._release(self._size)

@@ -12,6 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.app import build_app
+from bridge.errors import Unavailable
+from bridge.limits import Gate
 from bridge.message import RAW
 from bridge.service import runner_options
 from bridge.settings import Settings
@@ -206,3 +208,45 @@ class TestConcurrencyCap:
         sink.release.set()
         assert [(await t).status for t in held] == [200, 200]
         assert (await client.post("/webhooks/servio", data=BODY)).status == 200
+
+    async def test_large_bodies_in_progress_are_bounded_in_bytes(self, make_client: ClientFactory) -> None:
+        """Bodies in progress add up to at most BRIDGE_MAX_BODY bytes (their messages are what
+        fills memory): a second large body waits, then is refused 503, while small ones pass."""
+        sink = RecordingSink(hold=True)
+        client, _ = await make_client(sink, max_body=10_000, max_concurrent=64)
+        large = ids_body(2000)
+        assert 5_000 < len(large) <= 10_000
+        held = asyncio.create_task(client.post("/webhooks/servio", data=large))
+        await asyncio.sleep(0.2)
+        small = asyncio.create_task(client.post("/webhooks/servio", data=BODY))
+        refused = await client.post("/webhooks/servio", data=large)
+        assert refused.status == 503
+        assert (await refused.json())["error"] == "busy"
+        assert not small.done()  # it holds a turn: only the sink keeps it
+        sink.release.set()
+        assert [(await held).status, (await small).status] == [200, 200]
+        assert (await client.post("/webhooks/servio", data=large)).status == 200
+
+
+class TestGate:
+    async def test_turns_given_back_whatever_the_timing(self) -> None:
+        """Hundreds of turns of mixed sizes, some waiting past the limit, some cancelled: every
+        one is either taken and given back or refused as busy, and the gate ends empty."""
+        gate = Gate(4, budget=100, wait=0.02)
+        outcomes: list[str] = []
+
+        async def one(n: int) -> None:
+            try:
+                async with gate.turn(90 if n % 3 == 0 else 5):
+                    await asyncio.sleep(0.001 * (n % 7))
+                outcomes.append("done")
+            except Unavailable:
+                outcomes.append("busy")
+
+        tasks = [asyncio.create_task(one(n)) for n in range(300)]
+        await asyncio.sleep(0.01)
+        for task in tasks[::11]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert outcomes.count("done") > 0
+        assert (gate._taken, gate._bytes, len(gate._queue)) == (0, 0, 0)
