@@ -4,10 +4,8 @@ the quarantine, upgrades, a full disk and transient SQLite errors."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sqlite3
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from bridge.drain import Drain, Published
 from bridge.errors import SpoolCorrupt, SpoolError, SpoolFull
 from bridge.inspection import read_quarantine, read_spool_stats
 from bridge.spool import ENTRY_OVERHEAD, FILE_NAME, SYNC_BUCKETS, Span, Spool, SpoolReader, _SyncClock
+from tests.disk import fill_the_disk, mounted_tmpfs
 
 
 @pytest.fixture
@@ -543,17 +542,8 @@ class TestTransientErrors:
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs of the test's own, unmounted afterwards (root only)."""
-    mount_point = tmp_path / "tiny-disk"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, check=False
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny-disk", "4m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 async def fill(spool: Spool, record: bytes) -> int:
@@ -569,14 +559,6 @@ async def fill(spool: Spool, record: bytes) -> int:
     assert refusal is not None, "the disk never filled"
     assert (refusal.code, refusal.retry_after > 0) == ("spool_full", True)
     return kept
-
-
-def fill_the_disk(path: Path) -> None:
-    """Take whatever room is left on the file system of ``path``."""
-    with contextlib.suppress(OSError), open(path, "wb") as out:
-        while True:
-            out.write(b"\0" * 4096)
-            out.flush()
 
 
 class TestDiskFull:

@@ -8,7 +8,6 @@ against what reached a queue bound to ``#``: lost must be 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ from aio_pika.abc import AbstractChannel
 
 from tests.broker import BrokerNode
 from tests.conftest import Collected, bind_all, free_port
+from tests.disk import fill_the_disk, mounted_tmpfs
 from tests.e2e.load import Load, delivered_ids, reconcile
 from tests.e2e.process import BridgeProcess
 from tests.proxy import TcpProxy
@@ -278,16 +278,9 @@ class TestCorruptSpool:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs of the test's own, to make the spool's writes fail (root only)."""
-    mount_point = tmp_path / "small-disk"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, check=False
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    """A small tmpfs of the test's own, to make the spool's disk fill (root only)."""
+    with mounted_tmpfs(tmp_path / "small-disk", "1m") as mount_point:
+        yield mount_point
 
 
 class TestDiskFull:
@@ -353,14 +346,6 @@ class TestDiskFull:
             assert r.status == 200
         await wait_delivered(everything, {late}, timeout=30)
         assert not any(e["event"] == "stopping_on_spool_failure" for e in restarted.events())
-
-
-def fill_the_disk(path: Path) -> None:
-    """Take whatever room is left on the file system of ``path``."""
-    with contextlib.suppress(OSError), open(path, "wb") as out:
-        while True:
-            out.write(b"\0" * 65536)
-            out.flush()
 
 
 def child_pids(pid: int) -> list[int]:
