@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import aiohttp
@@ -124,6 +125,20 @@ def letters(collected: Collected, reason: str) -> list[AbstractIncomingMessage]:
     return [m for m in collected.messages if (m.headers or {}).get("reason") == reason]
 
 
+async def seen_stalled(http: aiohttp.ClientSession, *, within: float) -> dict[str, Any]:
+    """Poll /readyz until it lists ``drain_stalled``; its status, problems and the metrics then."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        async with http.get("/readyz") as ready:
+            body = await ready.json()
+            if "drain_stalled" in body["problems"]:
+                async with http.get("/metrics") as metrics:
+                    text = await metrics.text()
+                return {**body, "readyz_status": ready.status, "metrics": text}
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"/readyz never said drain_stalled within {within} s")
+
+
 class TestPoison:
     async def test_an_entry_the_broker_cannot_take_is_dead_lettered_and_the_rest_flow(
         self, start_bridge: Starter, spool_dir: Path, amqp_channel: AbstractChannel, exchange_name: str
@@ -190,12 +205,23 @@ class TestPoison:
             arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
         )
         await spool_holding(spool_dir, [poison(exchange_name)])
-        bridge = await start_bridge()
+        bridge = await start_bridge(BRIDGE_STALL_AFTER="2")
         everything = await consume(amqp_channel, f"{exchange_name}.unrouted")
         load = Load(bridge.base_url)
         await load.run(count=10)
         assert len(load.accepted) == 10
-        await wait_delivered(everything, load.accepted, timeout=90)
+        async with aiohttp.ClientSession(bridge.base_url) as http:
+            # While the dead letter's nacks hold the batch, the stall is seen and retries are
+            # counted as they happen; traffic is still accepted (the spool keeps it).
+            stalled = await seen_stalled(http, within=20)
+            assert stalled["readyz_status"] == 200
+            assert "drain_stalled" in stalled["problems"]
+            assert "drain_stalled" not in stalled["blocking"]
+            assert "servio_bridge_drain_stalled 1.0" in stalled["metrics"]
+            assert 'servio_bridge_publish_retries_total{class="nacked"}' in stalled["metrics"]
+            await wait_delivered(everything, load.accepted, timeout=90)
+            async with http.get("/readyz") as ready:
+                assert "drain_stalled" not in (await ready.json())["problems"]
         await bridge.event("spool_entry_quarantined", timeout=10)
         connection = sqlite3.connect(f"{(spool_dir / 'spool.sqlite3').as_uri()}?mode=ro", uri=True)
         try:
