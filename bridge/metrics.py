@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from bridge.message import Outbound
 from bridge.payload import KNOWN_ACTIONS, KNOWN_ENTITIES
+from bridge.refusals import REFUSAL_REASONS, RETRY_CLASSES
 from bridge.spool import SYNC_BUCKETS, SyncTimes
 
 PREFIX = "servio_bridge"
@@ -111,6 +112,12 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+
+        # Known names have their series from the start: an alert on a rate sees 0, not nothing.
+        for failure_class in RETRY_CLASSES:
+            self.publish_retries.labels(self.label("class", failure_class, bound=MAX_FAILURE_CLASSES))
+        for reason in REFUSAL_REASONS:
+            self.messages_refused.labels(self.label("refused", reason, bound=MAX_REFUSAL_REASONS))
 
     def watch(self, state: Callable[[], State]) -> None:
         """Read the gauges from ``state()`` at every scrape."""

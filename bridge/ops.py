@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
 from aiohttp import web
 
 from bridge.metrics import CONTENT_TYPE, Metrics, State
@@ -250,7 +251,13 @@ async def readyz(request: web.Request) -> web.Response:
     if ops.spool is not None:
         body["spool"] = {"writable": ops.spool.writable, "entries": ops.spool.stats.entries}
     headers = {"Retry-After": str(RETRY_AFTER)} if blocking else None
-    return web.json_response(body, status=503 if blocking else 200, headers=headers)
+    # Compact, as every other answer is.
+    return web.Response(
+        body=orjson.dumps(body),
+        status=503 if blocking else 200,
+        headers=headers,
+        content_type="application/json",
+    )
 
 
 def liveness_answer(ops: Operations) -> tuple[dict[str, object], int]:

@@ -28,6 +28,9 @@ UNAVAILABLE = "unavailable"  # no connection, or it was lost: never counted agai
 # Reasons a message is refused before it is sent: it cannot be put on the wire as it is.
 TOO_LARGE = "too_large"  # its content header frame would not fit the negotiated frame_max
 INVALID_FIELD = "invalid_field"  # a field AMQP cannot carry (a short string over 255 bytes)
+RETRY_CLASSES = (CLOSED, RETURNED, NACKED, TIMEOUT, UNAVAILABLE)
+# What a refusal is counted as: the class whose budget ran out, or why it could not be sent.
+REFUSAL_REASONS = (CLOSED, RETURNED, NACKED, TOO_LARGE, INVALID_FIELD)
 
 
 @dataclass(frozen=True, slots=True)

@@ -378,6 +378,15 @@ class TestMetrics:
         assert sample(text, "servio_bridge_messages_refused_total", reason="frame_too_large") == 4
         assert sample(text, "servio_bridge_messages_refused_total", reason="precondition_failed") == 2
 
+    async def test_retry_and_refusal_series_exist_before_the_first_event(self) -> None:
+        """Every failure class and refusal reason the publisher knows has its series at 0 from the
+        start, so an alert on their rate sees data, not an absent series."""
+        text = Metrics().render().decode()
+        for failure_class in ("closed", "returned", "nacked", "timeout", "unavailable"):
+            assert sample(text, "servio_bridge_publish_retries_total", **{"class": failure_class}) == 0
+        for reason in ("closed", "returned", "nacked", "too_large", "invalid_field"):
+            assert sample(text, "servio_bridge_messages_refused_total", reason=reason) == 0
+
     async def test_quarantined_entries_are_a_gauge(self, ops: tuple[Client, Operations]) -> None:
         """The spool's quarantine count is exported (0 while there is none)."""
         client, _ = ops
