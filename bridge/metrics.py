@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bridge.message import Outbound
-from bridge.payload import KNOWN_ACTIONS, KNOWN_ENTITIES
-from bridge.refusals import REFUSAL_REASONS, RETRY_CLASSES
-from bridge.spool import SYNC_BUCKETS, SyncTimes
+from bridge.core.message import Outbound
+from bridge.core.payload import KNOWN_ACTIONS, KNOWN_ENTITIES
+from bridge.core.refusals import REFUSAL_REASONS, RETRY_CLASSES
+from bridge.spool.store import SYNC_BUCKETS, SyncTimes
 
 PREFIX = "servio_bridge"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

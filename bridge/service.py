@@ -15,19 +15,19 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from bridge.app import build_app
-from bridge.drain import Drain
+from bridge.amqp.publisher import AmqpPublisher
+from bridge.amqp.worker import ProcessPublisher, WorkerConfig
+from bridge.core.topology import build_topology
 from bridge.errors import SpoolError
-from bridge.listener import BoundedSite
+from bridge.http.app import build_app
+from bridge.http.listener import BoundedSite
+from bridge.http.ops import OPERATIONS, Operations, install_operations
+from bridge.http.tls import build_server_context
 from bridge.metrics import Metrics
-from bridge.ops import OPERATIONS, Operations, install_operations
-from bridge.publisher import AmqpPublisher
 from bridge.settings import Settings
 from bridge.sink import DirectSink, Sink, SpoolSink
-from bridge.spool import Spool
-from bridge.tls import build_server_context
-from bridge.topology import build_topology
-from bridge.worker import ProcessPublisher, WorkerConfig
+from bridge.spool.drain import Drain
+from bridge.spool.store import Spool
 
 log = structlog.get_logger("bridge.service")
 # How long a thread holding the GIL keeps it while another waits (Python's default: 5 ms). The

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from bridge.core.message import check_template
 from bridge.errors import ConfigError
-from bridge.message import check_template
-from bridge.tls import build_server_context
+from bridge.http.tls import build_server_context
 
 T = TypeVar("T")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from bridge.amqp.publisher import Publisher
+from bridge.core.message import CHUNK, Outbound, encode_record
 from bridge.errors import BrokerError, SpoolError, Unavailable
-from bridge.message import CHUNK, Outbound, encode_record
-from bridge.publisher import Publisher
-from bridge.spool import Spool
+from bridge.spool.store import Spool
 
 
 class Sink(Protocol):

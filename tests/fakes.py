@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bridge.core.message import Outbound
+from bridge.core.refusals import Refusal
 from bridge.errors import BrokerError, BrokerUnavailable
-from bridge.message import Outbound
-from bridge.refusals import Refusal
 
 
 class FakePublisher:

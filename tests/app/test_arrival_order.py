@@ -11,12 +11,12 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.app import build_app
+from bridge.core.message import decode_record
 from bridge.errors import SpoolError
-from bridge.message import decode_record
+from bridge.http.app import build_app
 from bridge.settings import Settings
 from bridge.sink import SpoolSink
-from bridge.spool import FILE_NAME, Spool, SpoolReader
+from bridge.spool.store import FILE_NAME, Spool, SpoolReader
 
 Client = TestClient[Any, Any]
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.app import build_app
+from bridge.http.app import build_app
 from bridge.settings import Settings
 from tests.app.recording_sink import RecordingSink
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.app import build_app
+from bridge.http.app import build_app
 from bridge.logs import configure_logging, request_line
 from bridge.settings import Settings
 from bridge.sink import DirectSink

@@ -11,10 +11,10 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.app import build_app
+from bridge.core.message import RAW
 from bridge.errors import Unavailable
-from bridge.limits import Gate
-from bridge.message import RAW
+from bridge.http.app import build_app
+from bridge.http.limits import Gate
 from bridge.service import runner_options
 from bridge.settings import Settings
 from tests.app.recording_sink import RecordingSink

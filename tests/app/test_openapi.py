@@ -14,7 +14,7 @@ import schemathesis
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 
-from bridge.app import build_app
+from bridge.http.app import build_app
 from bridge.service import runner_options
 from bridge.settings import Settings
 from tests.app.recording_sink import RecordingSink

@@ -13,17 +13,17 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge import app as app_module
 from bridge import sink as sink_module
-from bridge import spool as spool_module
-from bridge.app import build_app
+from bridge.core.message import Outbound
+from bridge.http import app as app_module
+from bridge.http.app import build_app
+from bridge.http.ops import LoopMonitor, Operations, install_operations
 from bridge.logs import configure_logging
-from bridge.message import Outbound
 from bridge.metrics import MAX_FAILURE_CLASSES, Metrics
-from bridge.ops import LoopMonitor, Operations, install_operations
 from bridge.settings import Settings
 from bridge.sink import DirectSink, SpoolSink
-from bridge.spool import Spool, SpoolReader
+from bridge.spool import store as spool_module
+from bridge.spool.store import Spool, SpoolReader
 from tests.fakes import FakePublisher
 from tests.prom import sample
 

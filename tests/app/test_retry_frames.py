@@ -7,7 +7,7 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from bridge.worker import ProcessPublisher, WorkerConfig
+from bridge.amqp.worker import ProcessPublisher, WorkerConfig
 
 
 class Observed:

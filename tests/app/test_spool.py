@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge.drain import Drain, Published
 from bridge.errors import SpoolCorrupt, SpoolError, SpoolFull
-from bridge.inspection import read_quarantine, read_spool_stats
-from bridge.spool import ENTRY_OVERHEAD, FILE_NAME, SYNC_BUCKETS, Span, Spool, SpoolReader, _SyncClock
+from bridge.spool.drain import Drain, Published
+from bridge.spool.inspection import read_quarantine, read_spool_stats
+from bridge.spool.store import ENTRY_OVERHEAD, FILE_NAME, SYNC_BUCKETS, Span, Spool, SpoolReader, _SyncClock
 from tests.disk import fill_the_disk, mounted_tmpfs
 
 
@@ -94,7 +94,7 @@ class TestSpool:
     ) -> None:
         """An append returns only after an fdatasync of the WAL file that began after its write:
         with the fsync held, the append does not return; let go, it does."""
-        import bridge.spool
+        import bridge.spool.store
 
         held, started = threading.Event(), threading.Event()
         synced: list[int] = []
@@ -106,7 +106,7 @@ class TestSpool:
             real(fd)
             synced.append(fd)
 
-        monkeypatch.setattr(bridge.spool.os, "fdatasync", slow_fdatasync)
+        monkeypatch.setattr(bridge.spool.store.os, "fdatasync", slow_fdatasync)
         appending = asyncio.create_task(spool.append([b"must-be-on-disk"]))
         await asyncio.to_thread(started.wait, 5)
         await asyncio.sleep(0.3)
@@ -124,12 +124,12 @@ class TestSpool:
         it (the file's state can no longer be vouched for)."""
         import errno
 
-        import bridge.spool
+        import bridge.spool.store
 
         def failing_fdatasync(_fd: int) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-        monkeypatch.setattr(bridge.spool.os, "fdatasync", failing_fdatasync)
+        monkeypatch.setattr(bridge.spool.store.os, "fdatasync", failing_fdatasync)
         with pytest.raises(SpoolError, match="fsync failed"):
             await spool.append([b"never-acknowledged"])
         assert not spool.writable
@@ -163,10 +163,10 @@ class TestSpool:
         """With 32 appenders that never pause, a checkpoint beside them never catches up; past
         WAL_PAGES_LIMIT one holds the writer briefly, and the WAL starts over instead of growing
         with everything ever appended."""
-        import bridge.spool
+        import bridge.spool.store
 
-        monkeypatch.setattr(bridge.spool, "CHECKPOINT_EVERY", 0.2)
-        monkeypatch.setattr(bridge.spool, "WAL_PAGES_LIMIT", 256)
+        monkeypatch.setattr(bridge.spool.store, "CHECKPOINT_EVERY", 0.2)
+        monkeypatch.setattr(bridge.spool.store, "WAL_PAGES_LIMIT", 256)
         busy = Spool(tmp_path, max_bytes=1 << 34)
         busy.open()
         record = b"r" * 250

@@ -7,10 +7,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from bridge.amqp.worker import _publish, _Reading, _receive, _Tally
+from bridge.core.message import Outbound, encode_record
 from bridge.errors import BrokerUnavailable
-from bridge.message import Outbound, encode_record
-from bridge.spool import Spool
-from bridge.worker import _publish, _Reading, _receive, _Tally
+from bridge.spool.store import Spool
 
 
 class Raising:

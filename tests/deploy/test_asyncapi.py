@@ -13,8 +13,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from bridge.message import APP_ID, PERSISTENT, invalid_queue
-from bridge.topology import build_topology, known_binding_keys
+from bridge.core.message import APP_ID, PERSISTENT, invalid_queue
+from bridge.core.topology import build_topology, known_binding_keys
 from tests.message_documents import DOCS, SCHEMA_FILES, errors, load_asyncapi, message_for_address
 
 SPEC_SCHEMA = Path(__file__).resolve().parents[1] / "data" / "asyncapi-3.0.0.schema.json"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bridge.topology import KNOWN_KEYS, Topology, build_topology
+from bridge.core.topology import KNOWN_KEYS, Topology, build_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"

@@ -72,7 +72,13 @@ class BridgeProcess:
         self.proc.send_signal(sig)
 
     def wait(self, timeout: float = 30.0) -> int:
-        code = self.proc.wait(timeout)
+        """The exit code; a process still running after ``timeout`` fails the test with its last lines."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with self._lock:
+                tail = self.lines[-40:]
+            raise AssertionError(f"still running after {timeout} s; last lines: {tail}") from None
         self._close_pipes()
         return code
 

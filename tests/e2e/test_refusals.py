@@ -20,8 +20,8 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from bridge.message import Outbound, encode_record
-from bridge.spool import Spool
+from bridge.core.message import Outbound, encode_record
+from bridge.spool.store import Spool
 from tests.conftest import AMQP_URL, Collected, collect
 from tests.e2e.load import Load, delivered_ids
 from tests.e2e.process import BridgeProcess

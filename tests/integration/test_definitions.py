@@ -11,10 +11,10 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from bridge.message import Delivery, build_event
-from bridge.payload import Event
-from bridge.publisher import AmqpPublisher
-from bridge.topology import KNOWN_KEYS, build_topology
+from bridge.amqp.publisher import AmqpPublisher
+from bridge.core.message import Delivery, build_event
+from bridge.core.payload import Event
+from bridge.core.topology import KNOWN_KEYS, build_topology
 from tests.integration.imported_definitions import ImportedBroker, imported_definitions
 
 

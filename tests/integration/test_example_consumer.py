@@ -15,10 +15,10 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from bridge.message import Delivery, Outbound, build_event
-from bridge.payload import Event
-from bridge.publisher import AmqpPublisher
-from bridge.topology import build_topology
+from bridge.amqp.publisher import AmqpPublisher
+from bridge.core.message import Delivery, Outbound, build_event
+from bridge.core.payload import Event
+from bridge.core.topology import build_topology
 from tests.integration.imported_definitions import ImportedBroker, imported_definitions
 from tests.scripts import load_script
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from bridge.amqp.publisher import AmqpPublisher, RetryBudget
+from bridge.core.message import Outbound
+from bridge.core.topology import build_topology
 from bridge.errors import BrokerError
-from bridge.message import Outbound
-from bridge.publisher import AmqpPublisher, RetryBudget
-from bridge.topology import build_topology
 from tests.conftest import AMQP_URL, bind_all
 
 

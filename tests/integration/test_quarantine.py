@@ -15,9 +15,9 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from bridge.message import Delivery, build_event, encode_record
-from bridge.payload import Event
-from bridge.spool import Spool, SpoolReader
+from bridge.core.message import Delivery, build_event, encode_record
+from bridge.core.payload import Event
+from bridge.spool.store import Spool, SpoolReader
 from tests.conftest import bind_all
 
 pytestmark = pytest.mark.slow

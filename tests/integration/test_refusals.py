@@ -9,8 +9,8 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel
 
-from bridge.message import Outbound
-from bridge.publisher import AmqpPublisher, RetryBudget
+from bridge.amqp.publisher import AmqpPublisher, RetryBudget
+from bridge.core.message import Outbound
 from tests.conftest import collect
 from tests.integration.test_publisher import outbound, publisher_on
 

@@ -12,9 +12,9 @@ import atheris
 with atheris.instrument_imports():
     from datetime import UTC, datetime
 
+    from bridge.core.message import Delivery, build_invalid_body, build_messages
+    from bridge.core.payload import parse_payload
     from bridge.errors import InvalidBody, TooLarge
-    from bridge.message import Delivery, build_invalid_body, build_messages
-    from bridge.payload import parse_payload
 
 DELIVERY = Delivery("fuzz", "fuzz", datetime(2026, 1, 1, tzinfo=UTC))
 

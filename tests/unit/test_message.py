@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import message
-from bridge.message import (
+from bridge.core import message
+from bridge.core.message import (
     Delivery,
     Outbound,
     build_event,
@@ -29,7 +29,7 @@ from bridge.message import (
     message_id,
     render_routing_key,
 )
-from bridge.payload import BigNumber, Event, Payload, Rejection, parse_payload
+from bridge.core.payload import BigNumber, Event, Payload, Rejection, parse_payload
 
 DEFAULT_TEMPLATE = "servio.{entity}.{action}"
 RECEIVED = datetime(2026, 11, 28, 10, 15, 2, 123456, tzinfo=UTC)

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.errors import InvalidBody, TooLarge
-from bridge.payload import (
+from bridge.core.payload import (
     BigNumber,
     Event,
     Payload,
@@ -26,6 +25,7 @@ from bridge.payload import (
     servio_shaped,
     split_events,
 )
+from bridge.errors import InvalidBody, TooLarge
 
 MAX_ID = 2**63 - 1
 SEED = Path(__file__).resolve().parents[1] / "data" / "servio-webhook-settings.txt"

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge.redrive import reparse
+from bridge.cli.redrive import reparse
 
 HEADERS = {"delivery_id": "d1", "source": "Jam_1", "received_at": "2026-11-28T10:15:02.123456+00:00"}
 

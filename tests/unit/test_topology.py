@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.topology import ExchangeSpec, QueueSpec, Topology, build_topology
+from bridge.core.topology import ExchangeSpec, QueueSpec, Topology, build_topology
 
 TEMPLATE = "servio.{entity}.{action}"
 QUORUM = {"x-queue-type": "quorum"}

@@ -1,6 +1,6 @@
 """Publishing to RabbitMQ with publisher confirms, retried until confirmed.
 
-The only module that uses tenacity, and with ``bridge.broker`` (the operator commands' probe
+The only module that uses tenacity, and with ``bridge.amqp.broker`` (the operator commands' probe
 and dead-letter reading) the only one that touches aio-pika. Its callers see ``BrokerError``
 subclasses and nothing of aio-pika's own exceptions.
 """
@@ -26,16 +26,8 @@ from aiormq.abc import ChannelFrame
 from pamqp.header import ContentHeader
 from yarl import URL
 
-from bridge.errors import (
-    BrokerError,
-    BrokerUnavailable,
-    ConfirmTimeout,
-    MessageNacked,
-    MessageRefused,
-    MessageReturned,
-)
-from bridge.message import Outbound, invalid_queue
-from bridge.refusals import (
+from bridge.core.message import Outbound, invalid_queue
+from bridge.core.refusals import (
     CLOSED,
     INVALID_FIELD,
     NACKED,
@@ -46,9 +38,17 @@ from bridge.refusals import (
     RetryBudget,
     cut,
 )
-from bridge.topology import Topology
+from bridge.core.topology import Topology
+from bridge.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfirmTimeout,
+    MessageNacked,
+    MessageRefused,
+    MessageReturned,
+)
 
-log = structlog.get_logger("bridge.publisher")
+log = structlog.get_logger("bridge.amqp.publisher")
 
 # OSError covers ConnectionError and TimeoutError; aiormq raises RuntimeError on a closed channel.
 AMQP_ERRORS = (aiormq.exceptions.AMQPError, OSError, RuntimeError)
@@ -112,7 +112,7 @@ class AmqpPublisher:
     Within one ``publish`` call at most ``window`` messages are unconfirmed at once (or the
     call's own ``window``), and never two with the same ``order_key``: a retry can then not
     overtake an earlier message of the same guest, and no message_id is ever pending twice on a
-    channel. A message the broker refuses for good (``budget``, see ``bridge.refusals``) goes to
+    channel. A message the broker refuses for good (``budget``, see ``bridge.core.refusals``) goes to
     ``<exchange>.invalid`` as a ``broker_refused`` dead letter instead of blocking the others.
     """
 
@@ -661,7 +661,7 @@ class _Batch:
 
 
 def _failure_class(exc: BaseException) -> str:
-    """The class a failure counts in (``bridge.refusals``): only some count against a message."""
+    """The class a failure counts in (``bridge.core.refusals``): only some count against a message."""
     if isinstance(exc, _Returned):
         return RETURNED
     if isinstance(exc, aiormq.exceptions.DeliveryError):

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from bridge.payload import BigNumber, Event, Payload, Rejection
+from bridge.core.payload import BigNumber, Event, Payload, Rejection
 
 APP_ID = "servio-bridge"
 JSON = "application/json"

@@ -1,6 +1,6 @@
 """The operator commands' own access to RabbitMQ: probe a node, take dead letters off a queue.
 
-Publishing stays in ``bridge.publisher``; like it, this module keeps aio-pika's exceptions to
+Publishing stays in ``bridge.amqp.publisher``; like it, this module keeps aio-pika's exceptions to
 itself and raises ``BrokerUnavailable``.
 """
 
@@ -15,8 +15,8 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
+from bridge.amqp.publisher import AMQP_ERRORS
 from bridge.errors import BrokerUnavailable
-from bridge.publisher import AMQP_ERRORS
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     if args.command == "serve":
         from bridge.service import run
 
-        structlog.get_logger("bridge.cli").info("starting", version=__version__, settings=settings.public())
+        structlog.get_logger("bridge.cli.main").info(
+            "starting", version=__version__, settings=settings.public()
+        )
         return run(settings)
     if args.command == "check":
         return _check(settings, args)
@@ -147,7 +149,7 @@ def _print(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
-    from bridge.check import exit_code, run_checks
+    from bridge.cli.check import exit_code, run_checks
 
     results = asyncio.run(run_checks(settings, per_node=args.timeout))
     if args.format == "table":
@@ -163,7 +165,7 @@ def _send(settings: Settings, args: argparse.Namespace, env: Mapping[str, str]) 
     import aiohttp
     from yarl import URL
 
-    from bridge.client import send_body, webhook_url, with_token
+    from bridge.cli.send import send_body, webhook_url, with_token
 
     token = env.get("BRIDGE_TOKEN", "").strip() or None
     if args.url:
@@ -186,7 +188,7 @@ def _send(settings: Settings, args: argparse.Namespace, env: Mapping[str, str]) 
 
 
 def _spool_stats(settings: Settings, args: argparse.Namespace) -> int:
-    from bridge.inspection import read_spool_stats
+    from bridge.spool.inspection import read_spool_stats
 
     if settings.spool_dir is None:
         _print([{"spool": None, "detail": "no spool (BRIDGE_SPOOL_DIR is empty)"}], args)
@@ -207,8 +209,8 @@ def _spool_stats(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _spool_quarantine(settings: Settings, args: argparse.Namespace) -> int:
-    from bridge.inspection import read_quarantine
-    from bridge.message import decode_record
+    from bridge.core.message import decode_record
+    from bridge.spool.inspection import read_quarantine
 
     name = f"servio-bridge spool quarantine {args.quarantine_command}"
     if settings.spool_dir is None:
@@ -217,7 +219,7 @@ def _spool_quarantine(settings: Settings, args: argparse.Namespace) -> int:
     rows: list[dict[str, object]] = []
     try:
         if args.quarantine_command == "redrive":
-            from bridge.quarantine import redrive_quarantine
+            from bridge.cli.quarantine import redrive_quarantine
 
             report = asyncio.run(redrive_quarantine(settings, settings.spool_dir))
             rows.append({"examined": report.examined, "published": report.published, "left": report.left})
@@ -255,7 +257,7 @@ def _spool_quarantine(settings: Settings, args: argparse.Namespace) -> int:
 def _redrive(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from bridge.redrive import redrive
+    from bridge.cli.redrive import redrive
 
     try:
         report = asyncio.run(redrive(settings, limit=args.limit))

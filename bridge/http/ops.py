@@ -1,7 +1,7 @@
 """What operators see over HTTP: /readyz, /metrics, what /healthz checks, and the gate that turns
 webhooks away on shutdown.
 
-``install_operations`` adds all of it to an app built by ``bridge.app.build_app``.
+``install_operations`` adds all of it to an app built by ``bridge.http.app.build_app``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from bridge.metrics import CONTENT_TYPE, Metrics, State
-from bridge.spool import Spool
+from bridge.spool.store import Spool
 
 WEBHOOK_PREFIX = "/webhooks/"
 RETRY_AFTER = 5
@@ -229,7 +229,7 @@ OPERATIONS = web.AppKey("operations", Operations)
 
 def install_operations(app: web.Application, operations: Operations) -> None:
     """Add /readyz and /metrics to ``app`` (before it starts); with ``operations`` in the app, its
-    request edge (``bridge.app.build_edge``) counts every request and applies the shutdown gate."""
+    request edge (``bridge.http.app.build_edge``) counts every request and applies the shutdown gate."""
     app[OPERATIONS] = operations
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -14,11 +14,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from bridge.errors import InvalidBody, RequestError, TooLarge, Unavailable
-from bridge.guard import GUARDED_PREFIX, build_guard
-from bridge.limits import Gate, read_body
-from bridge.logs import bind, end_request, request_line, start_request
-from bridge.message import (
+from bridge.core.message import (
     CHUNK,
     DEFAULT_SOURCE,
     Delivery,
@@ -27,9 +23,13 @@ from bridge.message import (
     build_messages,
     message_chunks,
 )
-from bridge.ops import OPERATIONS, RETRY_AFTER, WEBHOOK_PREFIX, Operations, liveness_answer
-from bridge.payload import Payload, parse_payload
-from bridge.sequencer import Sequencer
+from bridge.core.payload import Payload, parse_payload
+from bridge.errors import InvalidBody, RequestError, TooLarge, Unavailable
+from bridge.http.guard import GUARDED_PREFIX, build_guard
+from bridge.http.limits import Gate, read_body
+from bridge.http.ops import OPERATIONS, RETRY_AFTER, WEBHOOK_PREFIX, Operations, liveness_answer
+from bridge.http.sequencer import Sequencer
+from bridge.logs import bind, end_request, request_line, start_request
 from bridge.settings import Settings
 from bridge.sink import Sink
 
@@ -143,7 +143,7 @@ async def _build_in_chunks(
 
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive and its event loop answers; with operations installed, 503 when it
-    cannot do its job (``bridge.ops.liveness_answer``), so an orchestrator restarts it."""
+    cannot do its job (``bridge.http.ops.liveness_answer``), so an orchestrator restarts it."""
     ops = request.app.get(OPERATIONS)
     if ops is None:
         return _json({"status": "ok"})

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import structlog
 
+from bridge.amqp.publisher import AmqpPublisher
+from bridge.core.message import decode_record
+from bridge.core.topology import build_topology
 from bridge.errors import BrokerError, SpoolError
-from bridge.inspection import BUSY_TIMEOUT_MS, QuarantinedEntry, read_quarantine
-from bridge.message import decode_record
-from bridge.publisher import AmqpPublisher
 from bridge.settings import Settings
-from bridge.spool import FILE_NAME
-from bridge.topology import build_topology
+from bridge.spool.inspection import BUSY_TIMEOUT_MS, QuarantinedEntry, read_quarantine
+from bridge.spool.store import FILE_NAME
 
-log = structlog.get_logger("bridge.quarantine")
+log = structlog.get_logger("bridge.cli.quarantine")
 
 
 @dataclass(slots=True)

@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from bridge.broker import DeadLetter, DeadLetterQueue
-from bridge.errors import InvalidBody
-from bridge.message import (
+from bridge.amqp.broker import DeadLetter, DeadLetterQueue
+from bridge.amqp.publisher import AmqpPublisher
+from bridge.core.message import (
     DEFAULT_SOURCE,
     JSON,
     REJECTED_PARTS,
@@ -32,10 +32,10 @@ from bridge.message import (
     build_rejections,
     invalid_queue,
 )
-from bridge.payload import Event, Payload, parse_payload, split_events
-from bridge.publisher import AmqpPublisher
+from bridge.core.payload import Event, Payload, parse_payload, split_events
+from bridge.core.topology import build_topology
+from bridge.errors import InvalidBody
 from bridge.settings import Settings
-from bridge.topology import build_topology
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,9 @@ from typing import Protocol
 import structlog
 
 from bridge.errors import BrokerError
-from bridge.spool import Span, Spool
+from bridge.spool.store import Span, Spool
 
-log = structlog.get_logger("bridge.drain")
+log = structlog.get_logger("bridge.spool.drain")
 # Unconfirmed messages per batch while webhooks are arriving (see ``Drain``): 32 and more held
 # more answers up, 16 let the drain fall a little behind under load (docs/benchmarks.md, fifth
 # round); the p99 answer had less room to spare than the end-to-end rate.
@@ -29,7 +29,7 @@ class Published:
 
 
 class SpanPublisher(Protocol):
-    """Reads the spool and publishes what it read (``bridge.worker.ProcessPublisher``)."""
+    """Reads the spool and publishes what it read (``bridge.amqp.worker.ProcessPublisher``)."""
 
     async def publish_after(
         self, after: int, limit: int, *, deadline: float | None = None, window: int | None = None

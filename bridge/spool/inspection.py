@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.errors import SpoolCorrupt
-from bridge.spool import ENTRY_OVERHEAD, FILE_NAME, SpoolStats
+from bridge.spool.store import ENTRY_OVERHEAD, FILE_NAME, SpoolStats
 
 # A running bridge's short write transactions are waited for rather than reported.
 BUSY_TIMEOUT_MS = 5000

@@ -35,9 +35,9 @@ from typing import IO
 import structlog
 
 from bridge.errors import SpoolCorrupt, SpoolError, SpoolFull, Unavailable
-from bridge.reserve import DEFAULT_BYTES, Reserve, free_bytes
+from bridge.spool.reserve import DEFAULT_BYTES, Reserve, free_bytes
 
-log = structlog.get_logger("bridge.spool")
+log = structlog.get_logger("bridge.spool.store")
 
 # 1: the spool table; 2: and the quarantine table (a version-1 file is migrated on open).
 SCHEMA_VERSION = 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from bridge.message import CHUNK, Outbound
+from bridge.core.message import CHUNK, Outbound
 from bridge.sink import Sink
 
 

@@ -12,10 +12,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.broker import probe
-from bridge.message import invalid_queue
+from bridge.amqp.broker import probe
+from bridge.core.message import invalid_queue
+from bridge.core.topology import unrouted_name
 from bridge.settings import Settings, redact_url
-from bridge.topology import unrouted_name
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 

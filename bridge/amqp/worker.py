@@ -1,7 +1,7 @@
 """Publishing in a child process: the drain's AMQP work runs on the other core, not the listener's.
 
 ``ProcessPublisher`` is what the drain sees in the listening process; it asks ``python -m
-bridge.worker`` for the batch after the last one, and the child reads that batch from the spool
+bridge.amqp.worker`` for the batch after the last one, and the child reads that batch from the spool
 itself (a read-only connection), publishes it with an ``AmqpPublisher`` and answers with the span
 it published once every message is confirmed. The child runs at the lowest CPU priority (nice 19): when
 webhooks and publishing compete for the CPU, answering goes first, the backlog waits on disk, and
@@ -33,16 +33,16 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
-from bridge.drain import Published
+from bridge.amqp.publisher import AmqpPublisher
+from bridge.core.message import Outbound, decode_record
+from bridge.core.topology import build_topology
 from bridge.errors import BrokerError, BrokerUnavailable, SpoolCorrupt
-from bridge.message import Outbound, decode_record
 from bridge.metrics import confirm_key
-from bridge.publisher import AmqpPublisher
 from bridge.settings import Settings
-from bridge.spool import FILE_NAME, Span, SpoolReader
-from bridge.topology import build_topology
+from bridge.spool.drain import Published
+from bridge.spool.store import FILE_NAME, Span, SpoolReader
 
-log = structlog.get_logger("bridge.worker")
+log = structlog.get_logger("bridge.amqp.worker")
 _LENGTH = struct.Struct(">I")
 _PR_SET_PDEATHSIG = 1
 STATE_POLL = 0.1
@@ -182,7 +182,7 @@ class ProcessPublisher:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "bridge.worker",
+                    "bridge.amqp.worker",
                     str(child.fileno()),
                     pass_fds=(child.fileno(),),
                     stdin=asyncio.subprocess.DEVNULL,
@@ -487,7 +487,7 @@ async def _report_state(publisher: AmqpPublisher, writer: asyncio.StreamWriter) 
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m bridge.worker FD``: serve the parent on the socket FD until it says close."""
+    """``python -m bridge.amqp.worker FD``: serve the parent on the socket FD until it says close."""
     import uvloop
 
     # SIGTERM/SIGINT go to the whole process group on a terminal: the parent decides when we stop.

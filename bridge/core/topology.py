@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bridge.message import invalid_queue, render_routing_key
+from bridge.core.message import invalid_queue, render_routing_key
 
 KNOWN_KEYS = (
     ("clients", "add"),

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-log = structlog.get_logger("bridge.listener")
+log = structlog.get_logger("bridge.http.listener")
 BACKLOG = 128
 # After an accept failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM), wait this long
 # rather than spin on a connection that stays in the backlog.
