@@ -26,7 +26,7 @@ from bridge.core.message import (
 from bridge.core.payload import Payload, parse_payload
 from bridge.errors import InvalidBody, RequestError, TooLarge, Unavailable
 from bridge.http.guard import GUARDED_PREFIX, build_guard
-from bridge.http.limits import Gate, read_body
+from bridge.http.limits import Admission, read_body
 from bridge.http.ops import OPERATIONS, RETRY_AFTER, WEBHOOK_PREFIX, Operations, liveness_answer
 from bridge.http.sequencer import Sequencer
 from bridge.logs import bind, end_request, request_line, start_request
@@ -35,7 +35,7 @@ from bridge.sink import Sink
 
 SETTINGS = web.AppKey("settings", Settings)
 SINK = web.AppKey("sink", Sink)
-GATE = web.AppKey("gate", Gate)
+ADMISSION = web.AppKey("admission", Admission)
 SEQUENCER = web.AppKey("sequencer", Sequencer)
 OPENAPI = resources.files("bridge").joinpath("openapi.json")
 SOURCE_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
@@ -58,7 +58,7 @@ def build_app(settings: Settings, sink: Sink) -> web.Application:
     )
     app[SETTINGS] = settings
     app[SINK] = sink
-    app[GATE] = Gate(settings.max_concurrent, budget=BODIES_IN_PROGRESS * settings.max_body)
+    app[ADMISSION] = Admission(settings.max_concurrent, budget=BODIES_IN_PROGRESS * settings.max_body)
     app[SEQUENCER] = Sequencer(sink)
     app.router.add_post("/webhooks/servio", receive_webhook)
     app.router.add_post("/webhooks/servio/{source:" + SOURCE_PATTERN + "}", receive_webhook)
@@ -81,7 +81,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     delivery = Delivery(delivery_id, source, datetime.now(UTC))
     ticket = sequencer.take()
     try:
-        async with request.app[GATE].turn(len(raw)):
+        async with request.app[ADMISSION].admit(len(raw)):
             try:
                 if len(raw) <= PARSE_ON_LOOP:
                     payload = parse_payload(raw, max_ids=settings.max_ids, charset=request.charset)

@@ -46,8 +46,10 @@ async def read_body(request: web.Request, *, max_body: int, read_timeout: float)
     return bytes(body)
 
 
-class Gate:
-    """At most ``limit`` webhooks are parsed and made safe at once, and their bodies add up to at
+class Admission:
+    """Which webhooks may be parsed and made safe now, by count and by body bytes.
+
+    At most ``limit`` webhooks are parsed and made safe at once, and their bodies add up to at
     most ``budget`` bytes (a body's messages are what fill memory: ~1 KB per ID at the peak, see
     docs/spool.md); the next one waits up to ``wait`` seconds for a turn, then is refused with 503
     so the client retries later. A small body is not held up by a large one waiting for room, and
@@ -63,13 +65,13 @@ class Gate:
         self._bytes = 0
         self._queue: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
 
-    def turn(self, size: int) -> _Turn:
+    def admit(self, size: int) -> _Admitted:
         """Hold one turn of ``size`` body bytes for the body of the ``async with``.
 
         Raises (on entering):
             Unavailable: no turn came free within ``wait`` seconds.
         """
-        return _Turn(self, size)
+        return _Admitted(self, size)
 
     def _fits(self, size: int) -> bool:
         return self._taken < self._limit and (self._bytes + size <= self._budget or self._taken == 0)
@@ -129,18 +131,18 @@ class Gate:
                 return
 
 
-class _Turn:
-    """``Gate.turn()``: a plain async context manager (a generator-based one costs a frame and an
-    object per webhook)."""
+class _Admitted:
+    """``Admission.admit()``: a plain async context manager, since a generator-based one costs a
+    frame and an object per webhook."""
 
-    __slots__ = ("_gate", "_size")
+    __slots__ = ("_admission", "_size")
 
-    def __init__(self, gate: Gate, size: int) -> None:
-        self._gate = gate
+    def __init__(self, admission: Admission, size: int) -> None:
+        self._admission = admission
         self._size = size
 
     async def __aenter__(self) -> None:
-        await self._gate._acquire(self._size)
+        await self._admission._acquire(self._size)
 
     async def __aexit__(self, *_exc: object) -> None:
-        self._gate._release(self._size)
+        self._admission._release(self._size)

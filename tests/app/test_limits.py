@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bridge.core.message import RAW
 from bridge.errors import Unavailable
 from bridge.http.app import build_app
-from bridge.http.limits import Gate
+from bridge.http.limits import Admission
 from bridge.service import runner_options
 from bridge.settings import Settings
 from tests.app.recording_sink import RecordingSink
@@ -228,16 +228,16 @@ class TestConcurrencyCap:
         assert (await client.post("/webhooks/servio", data=large)).status == 200
 
 
-class TestGate:
+class TestAdmission:
     async def test_turns_given_back_whatever_the_timing(self) -> None:
         """Hundreds of turns of mixed sizes, some waiting past the limit, some cancelled: every
-        one is either taken and given back or refused as busy, and the gate ends empty."""
-        gate = Gate(4, budget=100, wait=0.02)
+        one is either taken and given back or refused as busy, and the admission ends empty."""
+        admission = Admission(4, budget=100, wait=0.02)
         outcomes: list[str] = []
 
         async def one(n: int) -> None:
             try:
-                async with gate.turn(90 if n % 3 == 0 else 5):
+                async with admission.admit(90 if n % 3 == 0 else 5):
                     await asyncio.sleep(0.001 * (n % 7))
                 outcomes.append("done")
             except Unavailable:
@@ -249,4 +249,4 @@ class TestGate:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         assert outcomes.count("done") > 0
-        assert (gate._taken, gate._bytes, len(gate._queue)) == (0, 0, 0)
+        assert (admission._taken, admission._bytes, len(admission._queue)) == (0, 0, 0)
