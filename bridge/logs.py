@@ -8,24 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import re
 import sys
 import threading
-import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import quote
 
 import orjson
 import structlog
+from structlog.contextvars import clear_contextvars, get_contextvars, merge_contextvars
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 # Credentials as a request carries them, whoever's they are: a query token and a Bearer header.
 _QUERY_TOKEN = re.compile(r"([?&;]token=)[^&;\s\"'#]*", re.IGNORECASE)
 _BEARER = re.compile(r"(bearer\s+)[^\s\"',;]+", re.IGNORECASE)
+_TIMESTAMP = structlog.processors.TimeStamper(fmt="iso", utc=True)
 
 
 def configure_logging(
@@ -37,14 +36,14 @@ def configure_logging(
 ) -> None:
     """Route structlog and stdlib logging to ``stream`` (stderr) in ``fmt`` (json or console).
 
-    Every line passes through ``redact`` last, so no logger (aiohttp's included, tracebacks
+    Every line is redacted last, so no logger (aiohttp's included, tracebacks
     included) can write one of ``secrets``, a ``?token=`` value or a Bearer credential.
     """
     shared: list[Processor] = [
-        _merge_request_context,
+        merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _TIMESTAMP,
     ]
     renderer: Processor
     if fmt == "json":
@@ -59,10 +58,10 @@ def configure_logging(
     # by structlog, redacted, written to the same stream under the handler's lock.
     structlog.configure(
         processors=[
-            _merge_request_context,
+            merge_contextvars,
             structlog.processors.add_log_level,
             _add_logger_name,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _TIMESTAMP,
             tracebacks,
             renderer,
         ],
@@ -101,7 +100,7 @@ def configure_logging(
 
 
 class RedactingFormatter(structlog.stdlib.ProcessorFormatter):
-    """structlog's formatter, with ``redact`` applied to each finished line."""
+    """structlog's formatter, each finished line redacted."""
 
     def __init__(self, secrets: Iterable[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -110,11 +109,6 @@ class RedactingFormatter(structlog.stdlib.ProcessorFormatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return _redact(super().format(record), self._forms)
-
-
-def redact(line: str, secrets: Iterable[str] = ()) -> str:
-    """``line`` with each secret (as written or URL-encoded), query token and Bearer credential as ***."""
-    return _redact(line, _secret_forms(secrets))
 
 
 def _secret_forms(secrets: Iterable[str]) -> tuple[str, ...]:
@@ -233,53 +227,23 @@ def request_line(logger: str, event: str, fields: dict[str, Any]) -> None:
         return
     if _OUTPUT.level > logging.INFO:
         return
-    context = _REQUEST.get()
-    line = dict(context) if context else {}
+    line = get_contextvars()
     line.update(fields)
     line["event"] = event
     line["level"] = "info"
     line["logger"] = logger
-    line["timestamp"] = _timestamp()
-    _OUTPUT.write(_dumps(line))
+    _OUTPUT.write(_dumps(_TIMESTAMP(None, "info", line)))
 
 
-def _timestamp(_second: list[object] = [None, ""]) -> str:  # noqa: B006 - the cache, on purpose
-    """Now as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it; the date made once a second."""
-    now = time.time()
-    second = int(now)
-    if _second[0] != second:
-        _second[0], _second[1] = second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_second[1]}.{int((now - second) * 1_000_000):06d}Z"
+def start_request() -> None:
+    """Start the current task's request with an empty log context (keep-alive requests share a
+    task, and so its context variables)."""
+    clear_contextvars()
 
 
-# What every line written while a request is handled carries (its delivery_id, source, ...): one
-# dict per request in one context variable, where structlog's bind/clear/get would cost a context
-# variable per key and a copy per line.
-_REQUEST: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("request", default=None)
-
-
-def start_request() -> contextvars.Token[dict[str, Any] | None]:
-    """Give the current task a fresh request context; ``end_request`` with the token drops it."""
-    return _REQUEST.set({})
-
-
-def end_request(token: contextvars.Token[dict[str, Any] | None]) -> None:
-    _REQUEST.reset(token)
-
-
-def bind(**fields: Any) -> None:
-    """Add ``fields`` to every line of the request being handled (nothing outside a request)."""
-    context = _REQUEST.get()
-    if context is not None:
-        context.update(fields)
-
-
-def _merge_request_context(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
-    context = _REQUEST.get()
-    if context:
-        for key, value in context.items():
-            event_dict.setdefault(key, value)
-    return event_dict
+def end_request() -> None:
+    """Drop the request's log context: what the task logs next is not about that request."""
+    clear_contextvars()
 
 
 def _add_logger_name(logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:

@@ -13,6 +13,7 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from structlog.contextvars import bind_contextvars
 
 from bridge.core.message import (
     CHUNK,
@@ -29,7 +30,7 @@ from bridge.http.guard import GUARDED_PREFIX, build_guard
 from bridge.http.limits import Admission, read_body
 from bridge.http.ops import OPERATIONS, RETRY_AFTER, WEBHOOK_PREFIX, Operations, liveness_answer
 from bridge.http.sequencer import Sequencer
-from bridge.logs import bind, end_request, request_line, start_request
+from bridge.logs import end_request, request_line, start_request
 from bridge.settings import Settings
 from bridge.sink import Sink
 
@@ -75,7 +76,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     # 128 random bits from the process's own generator (seeded from the OS): unique, and without
     # the system call per request that os.urandom or uuid4 makes.
     delivery_id = f"{random.getrandbits(128):032x}"
-    bind(delivery_id=delivery_id, source=source)
+    bind_contextvars(delivery_id=delivery_id, source=source)
     raw = await read_body(request, max_body=settings.max_body, read_timeout=settings.read_timeout)
     # Arrival is when the body is complete; the ticket taken with it keeps the spool in that order.
     delivery = Delivery(delivery_id, source, datetime.now(UTC))
@@ -97,7 +98,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
                     raw, delivery, exchange=settings.exchange, reason=exc.code, detail=exc.detail
                 )
                 await sequencer.accept(ticket, [letter])
-                bind(rejected=1, messages=0)
+                bind_contextvars(rejected=1, messages=0)
                 return _json(
                     {
                         "status": "rejected",
@@ -117,7 +118,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
                 await sequencer.accept(ticket, messages)
     finally:
         sequencer.release(ticket)
-    bind(messages=len(payload.events), rejected=len(payload.rejections))
+    bind_contextvars(messages=len(payload.events), rejected=len(payload.rejections))
     return _json(
         {
             "status": "accepted",
@@ -171,7 +172,7 @@ def build_edge(settings: Settings) -> Middleware:
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         # Keep-alive requests share a task and so its context: each one starts clean.
-        context = start_request()
+        start_request()
         ops = request.app.get(OPERATIONS)
         path = request.path
         status = 500
@@ -209,7 +210,7 @@ def build_edge(settings: Settings) -> Middleware:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                 },
             )
-            end_request(context)
+            end_request()
 
     return edge
 
