@@ -11,13 +11,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bridge.core.message import Outbound
-from bridge.core.payload import KNOWN_ACTIONS, KNOWN_ENTITIES
+from bridge.core.names import KNOWN_ACTIONS, KNOWN_ENTITIES
+from bridge.core.outbound import Outbound
 from bridge.core.refusals import REFUSAL_REASONS, RETRY_CLASSES
 from bridge.spool.store import SYNC_BUCKETS, SyncTimes
 
@@ -194,18 +193,12 @@ def confirm_key(message: Outbound) -> tuple[str, ...]:
     """What a confirmed message counts as: ``("dead", reason)``, or ``("published", routing_key,
     action, entity)`` with action and entity "" unless they are undocumented names."""
     if message.exchange == "":
-        return ("dead", message.headers.get("reason", "unknown"))
-    action = entity = ""
-    try:
-        body = orjson.loads(message.body)
-        action, entity = str(body["action"]), str(body["entity"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        pass
+        return ("dead", message.reason or "unknown")
     return (
         "published",
         message.routing_key,
-        "" if action in KNOWN_ACTIONS else action,
-        "" if entity in KNOWN_ENTITIES else entity,
+        "" if message.action in KNOWN_ACTIONS else message.action,
+        "" if message.entity in KNOWN_ENTITIES else message.entity,
     )
 
 

@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from bridge.amqp.publisher import Publisher
-from bridge.core.message import CHUNK, Outbound, encode_record
+from bridge.core.message import CHUNK
+from bridge.core.outbound import Outbound
+from bridge.core.record import encode_record
 from bridge.errors import BrokerError, SpoolError, Unavailable
 from bridge.spool.store import Spool
 

@@ -1,26 +1,31 @@
-"""The Servio webhook body and the rules that split it into events.
+"""Servio's parsing rules: a webhook body -> its events and its rejected parts.
 
-Pure: no I/O, no clock, no logging. ``parse_payload`` takes the raw bytes Servio sent and
-returns every (action, entity, ID) event in publishing order plus every part it rejected.
+Pure: no I/O, no clock, no logging. ``parse_payload`` takes the raw bytes Servio sent (decoded by
+``body``) and returns every (action, entity, ID) event in publishing order plus every part it
+rejected.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from bridge.core.body import (
+    MAX_DEPTH,
+    Repeat,
+    decode_exactly,
+    json_type,
+    nesting_depth,
+    servio_shaped,
+    utf8_body,
+)
+from bridge.core.names import KNOWN_ACTIONS
 from bridge.errors import InvalidBody, TooLarge
 
-KNOWN_ACTIONS = ("add", "update", "delete")
-KNOWN_ENTITIES = ("clients", "guests", "companies", "rooms")
 MAX_ID = 2**63 - 1
-# Servio's bodies are 3 deep. Rejected parts are re-encoded into dead letters, and orjson refuses
-# to encode past 254 levels, so a deeper body is refused whole (its raw bytes kept) up front.
-MAX_DEPTH = 64
 DEFAULT_MAX_IDS = 100_000
 # Names become words of a routing key and of a message_id: keep them to one safe word.
 _NAME = re.compile(r"[a-z0-9_]{1,64}")
@@ -55,17 +60,6 @@ class Payload:
     events: tuple[Event, ...]
     rejections: tuple[Rejection, ...]
 
-    @property
-    def unknown_names(self) -> tuple[str, ...]:
-        """Action and entity names Servio did not document, as forwarded (for metrics)."""
-        seen: dict[str, None] = {}
-        for event in self.events:
-            if event.action not in KNOWN_ACTIONS:
-                seen[f"action:{event.action}"] = None
-            if event.entity not in KNOWN_ENTITIES:
-                seen[f"entity:{event.entity}"] = None
-        return tuple(seen)
-
 
 def decode_body(raw: bytes, *, charset: str | None = None) -> dict[str, Any]:
     """Decode a webhook body into its top-level JSON object, at most ``MAX_DEPTH`` deep.
@@ -77,44 +71,7 @@ def decode_body(raw: bytes, *, charset: str | None = None) -> dict[str, Any]:
     return doc
 
 
-def utf8_body(raw: bytes, charset: str | None = None) -> bytes:
-    """The body as UTF-8 without a byte order mark: UTF-16 (by its BOM or ``charset``) re-encoded.
-
-    Raises:
-        InvalidBody: a UTF-16 body that does not decode.
-    """
-    if raw.startswith(_UTF8_BOM):
-        return raw[len(_UTF8_BOM) :]
-    codec = _utf16_codec(raw, charset)
-    if codec is None:
-        return raw
-    try:
-        text = raw.decode(codec)
-    except UnicodeDecodeError as exc:
-        raise InvalidBody("not_json", f"body is not valid UTF-16: {exc.reason}") from None
-    return text.removeprefix("\ufeff").encode()
-
-
-_UTF8_BOM = b"\xef\xbb\xbf"
-_UTF16_CHARSETS = {"utf-16": "", "utf16": "", "utf-16le": "utf-16-le", "utf-16be": "utf-16-be"}
-
-
-def _utf16_codec(raw: bytes, charset: str | None) -> str | None:
-    if raw.startswith(b"\xff\xfe"):
-        return "utf-16-le"
-    if raw.startswith(b"\xfe\xff"):
-        return "utf-16-be"
-    if not charset:
-        return None
-    codec = _UTF16_CHARSETS.get(charset.strip().lower())
-    if codec == "":
-        # No BOM to say the byte order: a JSON text starts with an ASCII character, so the
-        # first byte is 0 in big-endian order only.
-        codec = "utf-16-be" if raw[:1] == b"\x00" else "utf-16-le"
-    return codec
-
-
-def _decode(data: bytes) -> tuple[dict[str, Any], tuple[Rejection, ...], bool]:
+def _decode(data: bytes) -> tuple[dict[str, Any], tuple[Repeat, ...], bool]:
     """The object, its repeated keys as rejected parts, and whether every number is exact.
 
     orjson first (a tenth of the cost); the exact decoder only when orjson cannot say: a number it
@@ -128,13 +85,13 @@ def _decode(data: bytes) -> tuple[dict[str, Any], tuple[Rejection, ...], bool]:
             raise InvalidBody("too_deep", f"body nests deeper than {MAX_DEPTH} levels") from None
         if not message.startswith("number"):
             raise InvalidBody("not_json", f"body is not valid JSON: {exc}") from None
-        return _decode_exactly(data)
+        return decode_exactly(data)
     if not isinstance(doc, dict):
-        raise InvalidBody("not_an_object", f"body is JSON {_json_type(doc)}, not an object")
+        raise InvalidBody("not_an_object", f"body is JSON {json_type(doc)}, not an object")
     # Every key is followed by one colon outside strings: as many keys as colons means no key was
     # repeated (orjson keeps the last silently) and no colon sits in a string.
     if _count_keys(doc) != data.count(b":"):
-        return _decode_exactly(data)
+        return decode_exactly(data)
     return doc, (), False
 
 
@@ -160,147 +117,6 @@ def _count_keys(doc: dict[str, Any]) -> int:
     return keys
 
 
-@dataclass(frozen=True, slots=True)
-class BigNumber:
-    """A JSON number no float or 64-bit integer holds (1e400, a 400-digit integer), as sent."""
-
-    text: str
-
-
-class _Repeated(dict[str, Any]):
-    """A decoded object with a repeated key: the first of each key, and the repeats in order."""
-
-    __slots__ = ("repeats",)
-    repeats: list[tuple[str, Any]]
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) == len(pairs):
-        return obj
-    repeated = _Repeated()
-    repeated.repeats = []
-    for key, value in pairs:
-        if key in repeated:
-            repeated.repeats.append((key, value))
-        else:
-            repeated[key] = value
-    return repeated
-
-
-def _exact_int(text: str) -> int | BigNumber:
-    if len(text) <= 20:
-        number = int(text)
-        if -(2**63) <= number < 2**64:
-            return number
-    # Beyond 64 bits: kept as written (a float would lose digits; int() of 5000 digits refuses).
-    return BigNumber(text)
-
-
-def _exact_float(text: str) -> float | BigNumber:
-    number = float(text)
-    return BigNumber(text) if number in (_INFINITY, -_INFINITY) else number
-
-
-_INFINITY = float("inf")
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _decode_exactly(data: bytes) -> tuple[dict[str, Any], tuple[Rejection, ...], bool]:
-    """The exact decoder: sees every key of every object, and every number as written."""
-    try:
-        doc = json.loads(
-            data.decode(),
-            object_pairs_hook=_object,
-            parse_int=_exact_int,
-            parse_float=_exact_float,
-            parse_constant=_refuse_constant,
-        )
-    except RecursionError:
-        raise InvalidBody("too_deep", f"body nests deeper than {MAX_DEPTH} levels") from None
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError among them
-        raise InvalidBody("not_json", f"body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidBody("not_an_object", f"body is JSON {_json_type(doc)}, not an object")
-    if nesting_depth(doc) > MAX_DEPTH:
-        raise InvalidBody("too_deep", f"body nests deeper than {MAX_DEPTH} levels")
-    return doc, _repeats(doc), True
-
-
-def _repeats(doc: dict[str, Any]) -> tuple[Rejection, ...]:
-    """Every repeated key in ``doc``, in document order, with its path.
-
-    Raises:
-        InvalidBody: a string holds a lone surrogate (orjson, which refuses them, may not have
-            read that far).
-    """
-    found: list[Rejection] = []
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [(doc, ())]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, dict):
-            children: list[tuple[Any, tuple[str | int, ...]]] = []
-            for key, child in value.items():
-                _check_text(key)
-                children.append((child, (*path, key)))
-            for key, child in getattr(value, "repeats", ()):
-                found.append(Rejection("duplicate_key", (*path, key), child))
-                children.append((child, (*path, key)))
-            stack.extend(reversed(children))
-        elif isinstance(value, list):
-            stack.extend((child, (*path, index)) for index, child in reversed(list(enumerate(value))))
-        elif isinstance(value, str):
-            _check_text(value)
-    return tuple(found)
-
-
-def _check_text(text: str) -> None:
-    if not text.isascii():
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            raise InvalidBody("not_json", "body is not valid JSON: a string holds a lone surrogate") from None
-
-
-def servio_shaped(doc: dict[str, Any]) -> bool:
-    """True when ``doc`` nests no deeper than Servio's bodies do (an object of objects of arrays of
-    scalars, or less), so at most 3 levels: the common case, told without walking a stack."""
-    for section in doc.values():
-        if isinstance(section, dict):
-            for ids in section.values():
-                if isinstance(ids, list):
-                    for item in ids:
-                        if isinstance(item, (dict, list)):
-                            return False
-                elif isinstance(ids, dict):
-                    return False
-        elif isinstance(section, list):
-            return False
-    return True
-
-
-def nesting_depth(doc: Any) -> int:
-    """How many arrays and objects deep ``doc`` goes (a scalar is 0); iterative, so any depth is safe."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            children: Any = value.values()
-        elif isinstance(value, list):
-            children = value
-        else:
-            continue
-        deepest = max(deepest, depth)
-        if depth > MAX_DEPTH:
-            break
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
 def parse_payload(raw: bytes, *, max_ids: int = DEFAULT_MAX_IDS, charset: str | None = None) -> Payload:
     """Split a Servio webhook body into events, rejecting malformed parts one by one.
 
@@ -312,13 +128,17 @@ def parse_payload(raw: bytes, *, max_ids: int = DEFAULT_MAX_IDS, charset: str | 
     """
     data = utf8_body(raw, charset)
     doc, repeats, exact = _decode(data)
-    payload = split_events(doc, max_ids=max_ids, repeats=repeats)
+    payload = split_events(doc, max_ids=max_ids, repeats=_duplicate_keys(repeats))
     if payload.rejections and not exact and _LONG_NUMBER.search(data):
         # orjson reads an integer past 2^64 as a float; such a number can only be in a rejected
         # part, whose dead letter must keep its digits.
-        doc, repeats, _ = _decode_exactly(data)
-        payload = split_events(doc, max_ids=max_ids, repeats=repeats)
+        doc, repeats, _ = decode_exactly(data)
+        payload = split_events(doc, max_ids=max_ids, repeats=_duplicate_keys(repeats))
     return payload
+
+
+def _duplicate_keys(repeats: tuple[Repeat, ...]) -> tuple[Rejection, ...]:
+    return tuple(Rejection("duplicate_key", path, value) for path, value in repeats)
 
 
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
@@ -431,15 +251,3 @@ def parse_id(value: Any) -> int | None:
         number = int(value)
         return number if number <= MAX_ID else None
     return None
-
-
-def _json_type(doc: Any) -> str:
-    if isinstance(doc, list):
-        return "array"
-    if isinstance(doc, str):
-        return "string"
-    if doc is None:
-        return "null"
-    if isinstance(doc, bool):
-        return "boolean"
-    return "number"

@@ -7,20 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bridge.core.message import invalid_queue, render_routing_key
+from bridge.core.message import render_routing_key
+from bridge.core.names import KNOWN_KEYS
+from bridge.core.outbound import invalid_queue
 
-KNOWN_KEYS = (
-    ("clients", "add"),
-    ("clients", "update"),
-    ("clients", "delete"),
-    ("guests", "add"),
-    ("guests", "update"),
-    ("guests", "delete"),
-    ("companies", "add"),
-    ("companies", "update"),
-    ("companies", "delete"),
-    ("rooms", "update"),
-)
 QUORUM = {"x-queue-type": "quorum"}
 
 

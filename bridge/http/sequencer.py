@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from bridge.core.message import CHUNK, Outbound
+from bridge.core.message import CHUNK
+from bridge.core.outbound import Outbound
 from bridge.sink import Sink
 
 

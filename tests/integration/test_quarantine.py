@@ -15,8 +15,10 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from bridge.core.message import Delivery, build_event, encode_record
+from bridge.core.message import build_event
+from bridge.core.outbound import Webhook
 from bridge.core.payload import Event
+from bridge.core.record import encode_record
 from bridge.spool.store import Spool, SpoolReader
 from tests.conftest import bind_all
 
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def event_record(exchange: str, guest: int) -> bytes:
-    delivery = Delivery("d-quarantine", "Jam_1", datetime(2026, 11, 28, 10, 0, tzinfo=UTC))
+    delivery = Webhook("d-quarantine", "Jam_1", datetime(2026, 11, 28, 10, 0, tzinfo=UTC))
     event = Event("update", "guests", guest)
     return encode_record(build_event(event, delivery, exchange=exchange, template="servio.{entity}.{action}"))
 

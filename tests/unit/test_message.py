@@ -14,33 +14,31 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.core import message
+from bridge.core import deadletter, message
+from bridge.core.body import BigNumber
+from bridge.core.deadletter import build_invalid_body, build_rejections
 from bridge.core.message import (
-    Delivery,
-    Outbound,
     build_event,
-    build_invalid_body,
     build_messages,
-    build_rejections,
     check_template,
-    decode_record,
-    encode_record,
     message_chunks,
     message_id,
     render_routing_key,
 )
-from bridge.core.payload import BigNumber, Event, Payload, Rejection, parse_payload
+from bridge.core.outbound import Outbound, Webhook
+from bridge.core.payload import Event, Payload, Rejection, parse_payload
+from bridge.core.record import decode_record, encode_record
 
 DEFAULT_TEMPLATE = "servio.{entity}.{action}"
 RECEIVED = datetime(2026, 11, 28, 10, 15, 2, 123456, tzinfo=UTC)
 # 2026-11-28T10:15:02Z counted by calendar, not by datetime.timestamp().
 RECEIVED_EPOCH = calendar.timegm((2026, 11, 28, 10, 15, 2, 0, 0, 0))
-DELIVERY = Delivery("3f2a9c", "Jam_8", RECEIVED)
+DELIVERY = Webhook("3f2a9c", "Jam_8", RECEIVED)
 MAX_ID = 2**63 - 1
 NAMES = st.from_regex(r"[a-z0-9_]{1,64}", fullmatch=True)
 
 
-def event_message(event: Event, template: str = DEFAULT_TEMPLATE, delivery: Delivery = DELIVERY) -> Outbound:
+def event_message(event: Event, template: str = DEFAULT_TEMPLATE, delivery: Webhook = DELIVERY) -> Outbound:
     return build_event(event, delivery, exchange="servio", template=template)
 
 
@@ -97,7 +95,7 @@ class TestRoutingKey:
     def test_every_event_of_a_webhook_carries_its_arrival(self) -> None:
         """The arrival, worked out once per webhook, is the same in every message of a fan-out,
         and the same as one event built alone; a time in another zone is written in UTC."""
-        elsewhere = Delivery("d", "s", RECEIVED.astimezone(timezone(timedelta(hours=3))))
+        elsewhere = Webhook("d", "s", RECEIVED.astimezone(timezone(timedelta(hours=3))))
         events = tuple(Event("add", "guests", i) for i in range(3))
         built = build_messages(Payload(events, ()), elsewhere, exchange="servio", template=DEFAULT_TEMPLATE)
         alone = event_message(events[0], delivery=elsewhere)
@@ -136,7 +134,7 @@ class TestEventBody:
 
     def test_received_at_always_has_microseconds(self) -> None:
         """A time on a whole second still carries six digits of microseconds."""
-        delivery = Delivery("d", "s", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+        delivery = Webhook("d", "s", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
         body = orjson.loads(event_message(Event("add", "guests", 1), delivery=delivery).body)
         assert body["received_at"] == "2026-01-02T03:04:05.000000+00:00"
 
@@ -155,7 +153,7 @@ class TestProperties:
 
     def test_timestamp_drops_the_fraction(self) -> None:
         """A time just before the next second still gives the second it is in."""
-        delivery = Delivery("d", "s", RECEIVED.replace(microsecond=999_999))
+        delivery = Webhook("d", "s", RECEIVED.replace(microsecond=999_999))
         assert event_message(Event("add", "guests", 1), delivery=delivery).timestamp == RECEIVED_EPOCH
 
 
@@ -214,7 +212,7 @@ class TestMessageId:
     def test_pure_function(self, delivery_id: str, action: str, entity: str, id_: int) -> None:
         """The same four values give the same message_id, through build_event too."""
         event = Event(action, entity, id_)
-        delivery = Delivery(delivery_id, "s", RECEIVED)
+        delivery = Webhook(delivery_id, "s", RECEIVED)
         assert message_id(delivery_id, event) == message_id(delivery_id, Event(action, entity, id_))
         assert event_message(event, delivery=delivery).message_id == message_id(delivery_id, event)
 
@@ -339,7 +337,7 @@ class TestDeadLetters:
 
     def test_every_header_is_bounded(self) -> None:
         """No header value passes 256 bytes of UTF-8, however long what it says."""
-        delivery = Delivery("d" * 1000, "é" * 1000, RECEIVED)
+        delivery = Webhook("d" * 1000, "é" * 1000, RECEIVED)
         letters = [
             build_invalid_body(b"x", delivery, exchange="s", reason="r" * 1000, detail="\u20ac" * 100_000),
             *build_rejections(
@@ -348,9 +346,9 @@ class TestDeadLetters:
         ]
         for letter in letters:
             for name, value in letter.headers.items():
-                assert len(value.encode()) <= message.HEADER_BYTES, name
+                assert len(value.encode()) <= deadletter.HEADER_BYTES, name
                 value.encode()  # cut on a character boundary
-        assert letters[0].headers["detail"] == "\u20ac" * (message.HEADER_BYTES // 3)
+        assert letters[0].headers["detail"] == "\u20ac" * (deadletter.HEADER_BYTES // 3)
 
     @pytest.mark.parametrize(
         ("value", "part"),
@@ -414,7 +412,7 @@ class TestDeadLetters:
         assert 1000 < listed < 30_000
         assert doc["parts_omitted"] == 30_000 - listed
         assert base64.b64decode(doc["body_base64"]) == raw
-        assert len(letter.body) <= message.PARTS_BYTES + len(raw) * 4 // 3 + 1000
+        assert len(letter.body) <= deadletter.PARTS_BYTES + len(raw) * 4 // 3 + 1000
 
     def test_one_mebibyte_of_rejected_parts_is_one_bounded_letter(self) -> None:
         """A 1 MiB body made only of rejected parts: one letter, bounded in size, built in bounded
@@ -607,3 +605,60 @@ class TestRecord:
         """A record encode_record never writes raises ValueError."""
         with pytest.raises(ValueError, match=r".+"):
             decode_record(record)
+
+
+class TestMetadata:
+    """A message says what it is (entity, action, or a dead letter's reason) without its body."""
+
+    def test_event_carries_its_names(self) -> None:
+        """An event's message carries the event's entity and action."""
+        built = event_message(Event("merge", "suites", 7))
+        assert (built.entity, built.action, built.reason) == ("suites", "merge", "")
+
+    @pytest.mark.parametrize(
+        ("letter", "reason"),
+        [
+            pytest.param(
+                build_rejections([Rejection("bad_id", ("Add", "Guests", 0), "x")], DELIVERY, exchange="s")[0],
+                "rejected_parts",
+                id="rejected-parts",
+            ),
+            pytest.param(
+                build_invalid_body(b"{", DELIVERY, exchange="s", reason="not_json", detail="d"),
+                "not_json",
+                id="refused-body",
+            ),
+        ],
+    )
+    def test_dead_letter_carries_its_reason(self, letter: Outbound, reason: str) -> None:
+        """A dead letter carries the reason its header states, and no names."""
+        assert (letter.entity, letter.action, letter.reason) == ("", "", reason)
+        assert letter.headers["reason"] == reason
+
+    @given(st.text(max_size=40), NAMES, NAMES, st.integers(0, MAX_ID))
+    def test_event_names_survive_the_record(
+        self, delivery_id: str, action: str, entity: str, id_: int
+    ) -> None:
+        """An event read back from the spool has its entity and action, whatever its delivery id."""
+        built = event_message(Event(action, entity, id_), delivery=Webhook(delivery_id, "s", RECEIVED))
+        again = decode_record(encode_record(built))
+        assert (again.entity, again.action, again.reason) == (entity, action, "")
+
+    def test_reason_survives_the_record(self) -> None:
+        """A dead letter read back from the spool has its reason."""
+        letter = build_invalid_body(b"x", DELIVERY, exchange="s", reason="not_an_object", detail="d")
+        assert decode_record(encode_record(letter)).reason == "not_an_object"
+
+    def test_other_message_ids_give_no_names(self) -> None:
+        """A message whose id is not an event's reads back with no names."""
+        other = Outbound("s", "k", b"{}", message_id="not-an-event", timestamp=0, order_key="k")
+        again = decode_record(encode_record(other))
+        assert (again.entity, again.action, again.reason) == ("", "", "")
+
+    def test_metadata_is_not_part_of_equality(self) -> None:
+        """Two messages equal on the wire are equal, whatever metadata one of them carries."""
+        built = event_message(Event("add", "guests", 1))
+        bare = Outbound(
+            built.exchange, built.routing_key, built.body, built.message_id, built.timestamp, built.order_key
+        )
+        assert bare == built

@@ -12,17 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.core.body import BigNumber, nesting_depth, servio_shaped
 from bridge.core.payload import (
-    BigNumber,
     Event,
     Payload,
     Rejection,
     decode_body,
-    nesting_depth,
     normalize_name,
     parse_id,
     parse_payload,
-    servio_shaped,
     split_events,
 )
 from bridge.errors import InvalidBody, TooLarge
@@ -357,29 +355,17 @@ class TestOrder:
 
 
 class TestUnknownNames:
-    """Unknown action or entity keys are forwarded lower-cased and listed for metrics."""
+    """Unknown action or entity keys are forwarded lower-cased."""
 
     def test_unknown_entity(self) -> None:
         """An undocumented entity is published under its lower-cased name."""
         payload = parse({"Add": {"Suites": [7]}})
         assert triples(payload) == [("add", "suites", 7)]
-        assert payload.unknown_names == ("entity:suites",)
 
     def test_unknown_action(self) -> None:
         """An undocumented action is published under its lower-cased, trimmed name."""
         payload = parse({" MERGE ": {"Clients": [1]}})
         assert triples(payload) == [("merge", "clients", 1)]
-        assert payload.unknown_names == ("action:merge",)
-
-    def test_each_unknown_name_listed_once(self) -> None:
-        """Names are listed once each, in order of first appearance."""
-        payload = parse({"Merge": {"Suites": [1, 2], "Guests": [3]}, "Add": {"Suites": [4]}})
-        assert payload.unknown_names == ("entity:suites", "action:merge")
-
-    def test_known_names_only(self) -> None:
-        """A documented body lists no unknown names."""
-        doc = {"Add": {"Clients": [1], "Guests": [2], "Companies": [3]}, "Update": {"Rooms": [4]}}
-        assert parse(doc).unknown_names == ()
 
     def test_unknown_name_with_wrong_shape_is_rejected(self) -> None:
         """An unknown action is forwarded only if shaped like a section."""
@@ -659,7 +645,6 @@ class TestSeedPage:
         payload = parse_payload(SEED_BODIES[logged_at])
         assert triples(payload) == SEED_EVENTS[logged_at]
         assert payload.rejections == ()
-        assert payload.unknown_names == ()
 
     @pytest.mark.parametrize("logged_at", SEED_CUT_SHORT)
     def test_body_cut_short(self, logged_at: str) -> None:
