@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from bridge.core.names import KNOWN_ACTIONS, KNOWN_ENTITIES
 from bridge.core.outbound import Outbound
 from bridge.core.refusals import REFUSAL_REASONS, RETRY_CLASSES
-from bridge.spool.store import SYNC_BUCKETS, SyncTimes
+from bridge.spool.commit import SYNC_BUCKETS, SyncTimes
 
 PREFIX = "servio_bridge"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

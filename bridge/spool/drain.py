@@ -10,7 +10,8 @@ from typing import Protocol
 import structlog
 
 from bridge.errors import BrokerError
-from bridge.spool.store import Span, Spool
+from bridge.spool.reader import Span
+from bridge.spool.store import Spool
 
 log = structlog.get_logger("bridge.spool.drain")
 # Unconfirmed messages per batch while webhooks are arriving (see ``Drain``): 32 and more held

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import SpoolCorrupt, SpoolError, SpoolFull
+from bridge.spool.commit import SYNC_BUCKETS, SyncClock
 from bridge.spool.drain import Drain, Published
-from bridge.spool.inspection import read_quarantine, read_spool_stats
-from bridge.spool.store import ENTRY_OVERHEAD, FILE_NAME, SYNC_BUCKETS, Span, Spool, SpoolReader, _SyncClock
+from bridge.spool.reader import Span, SpoolReader, read_quarantine, read_spool_stats
+from bridge.spool.schema import ENTRY_OVERHEAD, FILE_NAME
+from bridge.spool.store import Spool
 from tests.disk import fill_the_disk, mounted_tmpfs
 
 
@@ -94,7 +96,7 @@ class TestSpool:
     ) -> None:
         """An append returns only after an fdatasync of the WAL file that began after its write:
         with the fsync held, the append does not return; let go, it does."""
-        import bridge.spool.store
+        import bridge.spool.commit
 
         held, started = threading.Event(), threading.Event()
         synced: list[int] = []
@@ -106,7 +108,7 @@ class TestSpool:
             real(fd)
             synced.append(fd)
 
-        monkeypatch.setattr(bridge.spool.store.os, "fdatasync", slow_fdatasync)
+        monkeypatch.setattr(bridge.spool.commit.os, "fdatasync", slow_fdatasync)
         appending = asyncio.create_task(spool.append([b"must-be-on-disk"]))
         await asyncio.to_thread(started.wait, 5)
         await asyncio.sleep(0.3)
@@ -124,12 +126,12 @@ class TestSpool:
         it (the file's state can no longer be vouched for)."""
         import errno
 
-        import bridge.spool.store
+        import bridge.spool.commit
 
         def failing_fdatasync(_fd: int) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-        monkeypatch.setattr(bridge.spool.store.os, "fdatasync", failing_fdatasync)
+        monkeypatch.setattr(bridge.spool.commit.os, "fdatasync", failing_fdatasync)
         with pytest.raises(SpoolError, match="fsync failed"):
             await spool.append([b"never-acknowledged"])
         assert not spool.writable
@@ -163,10 +165,10 @@ class TestSpool:
         """With 32 appenders that never pause, a checkpoint beside them never catches up; past
         WAL_PAGES_LIMIT one holds the writer briefly, and the WAL starts over instead of growing
         with everything ever appended."""
-        import bridge.spool.store
+        import bridge.spool.checkpoint
 
-        monkeypatch.setattr(bridge.spool.store, "CHECKPOINT_EVERY", 0.2)
-        monkeypatch.setattr(bridge.spool.store, "WAL_PAGES_LIMIT", 256)
+        monkeypatch.setattr(bridge.spool.checkpoint, "CHECKPOINT_EVERY", 0.2)
+        monkeypatch.setattr(bridge.spool.checkpoint, "WAL_PAGES_LIMIT", 256)
         busy = Spool(tmp_path, max_bytes=1 << 34)
         busy.open()
         record = b"r" * 250
@@ -269,7 +271,7 @@ class TestSpoolRefusesToStart:
 class TestSyncTimes:
     def test_each_time_falls_in_the_bucket_of_the_first_bound_not_below_it(self) -> None:
         """Prometheus buckets are "less than or equal": a bound's own value belongs to it."""
-        clock = _SyncClock()
+        clock = SyncClock()
         for seconds in (0.0001, 0.0005, 0.0006, 0.003, 0.003, 1.0, 7.5):
             clock.record(seconds)
         times = clock.read()

@@ -1,0 +1,99 @@
+"""The spool file: its tables, its version, and the migration of an older file when it opens."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+import structlog
+
+from bridge.errors import SpoolCorrupt, SpoolError
+
+log = structlog.get_logger("bridge.spool.schema")
+
+# 1: the spool table; 2: and the quarantine table (a version-1 file is migrated on open).
+SCHEMA_VERSION = 2
+FILE_NAME = "spool.sqlite3"
+# Bytes counted per entry on top of its record: the row's own cost in the file, roughly.
+ENTRY_OVERHEAD = 64
+_QUARANTINE_TABLE = """
+    CREATE TABLE quarantine (
+        seq INTEGER PRIMARY KEY,
+        record BLOB NOT NULL,
+        created REAL NOT NULL,
+        quarantined REAL NOT NULL,
+        reason TEXT NOT NULL
+    );
+"""
+
+
+def connect(path: Path, *, check_same_thread: bool = True, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """A read-write connection to the spool file, in WAL mode.
+
+    Raises:
+        SpoolCorrupt: the file cannot be opened as a database.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise SpoolCorrupt(f"spool file {path} cannot be opened: {exc}") from None
+    return conn
+
+
+def check(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the tables of an empty file, migrate a version-1 file, and check the file.
+
+    Raises:
+        SpoolCorrupt: the file is not a spool this version can read, or fails its integrity check.
+        SpoolError: the file cannot be read now (busy past the wait, no room, an I/O error).
+    """
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {
+            r[0]
+            for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            if r[0] != "sqlite_sequence"
+        }
+        if not tables and version == 0:
+            conn.executescript(
+                f"""
+                BEGIN IMMEDIATE;
+                -- AUTOINCREMENT: a seq is never reused once the table empties, so the
+                -- drain's "seq > last" never skips a new entry.
+                CREATE TABLE spool (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    record BLOB NOT NULL,
+                    created REAL NOT NULL
+                );
+                {_QUARANTINE_TABLE}
+                PRAGMA user_version = {SCHEMA_VERSION};
+                COMMIT;
+                """
+            )
+            return
+        if version == 1 and tables == {"spool"}:
+            # The previous release's spool: every entry stays where it is.
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {_QUARANTINE_TABLE} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
+            log.info("spool_migrated", path=str(path), from_version=1, to_version=SCHEMA_VERSION)
+            version, tables = SCHEMA_VERSION, {"spool", "quarantine"}
+        if version != SCHEMA_VERSION or not {"spool", "quarantine"} <= tables:
+            raise SpoolCorrupt(
+                f"spool file {path} is not a servio-bridge spool (version {version}); "
+                "move it away to start empty, or start the version that wrote it"
+            )
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise SpoolCorrupt(f"spool file {path} failed its integrity check: {result}")
+    except sqlite3.OperationalError as exc:
+        # Busy past the wait, no room, an I/O error: the file may be sound, so not "corrupt".
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise SpoolError(f"spool file {path} cannot be opened now: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise SpoolCorrupt(f"spool file {path} is corrupt: {exc}") from None
