@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import aio_pika
-import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
-from bridge.amqp.publisher import AMQP_ERRORS
+from bridge.amqp.wire import AMQP_ERRORS, NOT_FOUND
 from bridge.errors import BrokerUnavailable
 
 
@@ -47,7 +46,7 @@ async def probe(url: str, *, exchanges: tuple[str, ...], queues: tuple[str, ...]
                 channel = await connection.channel()
                 try:
                     await declare(channel, name)
-                except aiormq.exceptions.ChannelNotFoundEntity:
+                except NOT_FOUND:
                     missing.append(name)
                 finally:
                     await _close(channel)
@@ -107,7 +106,7 @@ class DeadLetterQueue:
             try:
                 channel: AbstractChannel = await connection.channel()
                 queue = await channel.declare_queue(self._name, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
+            except NOT_FOUND:
                 await connection.close()
                 raise BrokerUnavailable(f"queue {self._name!r} does not exist") from None
             except AMQP_ERRORS as exc:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import structlog
 
-from bridge.amqp.publisher import AmqpPublisher
+from bridge.amqp.publisher import AmqpPublisher, build_publisher
 from bridge.core.message import decode_record
-from bridge.core.topology import build_topology
 from bridge.errors import BrokerError, SpoolError
 from bridge.settings import Settings
 from bridge.spool.inspection import BUSY_TIMEOUT_MS, QuarantinedEntry, read_quarantine
@@ -47,8 +46,7 @@ async def redrive_quarantine(
     report = QuarantineReport()
     if not entries:
         return report
-    topology = build_topology(settings.exchange, settings.routing_key, declare_queues=settings.declare_queues)
-    publisher = AmqpPublisher(settings.amqp_urls, topology, name="servio-bridge quarantine redrive")
+    publisher = build_publisher(settings, name="servio-bridge quarantine redrive")
     conn = _connect(directory / FILE_NAME)
     try:
         await publisher.connect()

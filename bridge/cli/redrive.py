@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from bridge.amqp.broker import DeadLetter, DeadLetterQueue
-from bridge.amqp.publisher import AmqpPublisher
+from bridge.amqp.publisher import build_publisher
 from bridge.core.message import (
     DEFAULT_SOURCE,
     JSON,
@@ -33,7 +33,6 @@ from bridge.core.message import (
     invalid_queue,
 )
 from bridge.core.payload import Event, Payload, parse_payload, split_events
-from bridge.core.topology import build_topology
 from bridge.errors import InvalidBody
 from bridge.settings import Settings
 
@@ -169,8 +168,7 @@ async def redrive(
     Raises:
         BrokerError: RabbitMQ could not be reached, or did not confirm within ``confirm_within`` s.
     """
-    topology = build_topology(settings.exchange, settings.routing_key, declare_queues=settings.declare_queues)
-    publisher = AmqpPublisher(settings.amqp_urls, topology, name="servio-bridge redrive")
+    publisher = build_publisher(settings, name="servio-bridge redrive")
     queue_name = invalid_queue(settings.exchange)
     report = RedriveReport()
     try:
