@@ -9,7 +9,6 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -21,7 +20,7 @@ from bridge.core.topology import build_topology
 from bridge.errors import SpoolError
 from bridge.http.app import build_app
 from bridge.http.listener import BoundedSite
-from bridge.http.ops import OPERATIONS, Operations, install_operations
+from bridge.http.ops import RUNTIME, Runtime, install_operations
 from bridge.http.tls import build_server_context
 from bridge.metrics import Metrics
 from bridge.settings import Settings
@@ -38,38 +37,18 @@ MAX_HEADERS = 64
 LINGERING_TIME = 2.0
 
 
-@dataclass
-class Runtime:
-    """The parts of a running bridge that tests and operations endpoints look at."""
-
-    publisher: AmqpPublisher | ProcessPublisher
-    spool: Spool | None = None
-    drain: Drain | None = None
-    fatal: SpoolError | None = None
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def fail(self, error: SpoolError) -> None:
-        """The spool failed: stop the process rather than answer 200 on a spool we cannot trust."""
-        if self.fatal is None:
-            self.fatal = error
-            log.critical("stopping_on_spool_failure", error=str(error))
-            self.stop.set()
-
-
-RUNTIME = web.AppKey("runtime", Runtime)
-
-
 def build_service(settings: Settings) -> web.Application:
     """The app with its publisher (and spool and drain), opened and closed by cleanup_ctx."""
     metrics = Metrics()
+    spool: Spool | None = None
+    drain: Drain | None = None
     sink: Sink
     if settings.spool_dir is not None:
         # The drain's publishing in a process of its own: it would otherwise take the listener's CPU.
         spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes)
         in_child = ProcessPublisher(WorkerConfig.from_settings(settings), observer=metrics)
         publisher: AmqpPublisher | ProcessPublisher = in_child
-        runtime = Runtime(publisher, spool, Drain(spool, in_child))
-        sink = SpoolSink(spool, on_fatal=runtime.fail)
+        drain = Drain(spool, in_child)
     else:
         publisher = AmqpPublisher(
             settings.amqp_urls,
@@ -79,18 +58,19 @@ def build_service(settings: Settings) -> web.Application:
             connect_timeout=min(5.0, settings.publish_timeout),
             observer=metrics,
         )
-        runtime = Runtime(publisher)
         sink = DirectSink(publisher, timeout=settings.publish_timeout)
-    app = build_app(settings, sink)
-    app[RUNTIME] = runtime
-    operations = Operations(
+    runtime = Runtime(
         publisher,
-        runtime.spool,
+        spool,
         metrics,
+        drain=drain,
         stall_after=settings.stall_after,
-        spool_max_bytes=settings.spool_max_bytes if runtime.spool is not None else None,
+        spool_max_bytes=settings.spool_max_bytes if spool is not None else None,
     )
-    install_operations(app, operations)
+    if spool is not None:
+        sink = SpoolSink(spool, on_fatal=runtime.fail)
+    app = build_app(settings, sink)
+    install_operations(app, runtime)
 
     async def spool_ctx(_app: web.Application) -> AsyncIterator[None]:
         assert runtime.spool is not None
@@ -102,7 +82,7 @@ def build_service(settings: Settings) -> web.Application:
         # Listen at once even when the broker is slow to answer; publishing waits for it. The
         # supervisor also reconnects while no traffic flows, so /readyz follows the broker.
         connecting = asyncio.create_task(publisher.supervise())
-        connecting.add_done_callback(stopped_on(operations, "publisher_supervisor_stopped"))
+        connecting.add_done_callback(stopped_on(runtime, "publisher_supervisor_stopped"))
         yield
         connecting.cancel()
         await publisher.close()
@@ -115,7 +95,7 @@ def build_service(settings: Settings) -> web.Application:
         yield
         if not task.done() and runtime.fatal is None:
             # serve() may have spent part of the shutdown budget already, listening meanwhile.
-            emptied = await drain.wait_empty(operations.gate.remaining(settings.shutdown_timeout))
+            emptied = await drain.wait_empty(runtime.gate.remaining(settings.shutdown_timeout))
             assert runtime.spool is not None
             log.info("drain_stopped", emptied=emptied, left=runtime.spool.stats.entries)
         task.cancel()
@@ -150,7 +130,7 @@ def runtime_failed_on(runtime: Runtime) -> Callable[[asyncio.Task[None]], None]:
     return done
 
 
-def stopped_on(operations: Operations, problem: str) -> Callable[[asyncio.Task[None]], None]:
+def stopped_on(runtime: Runtime, problem: str) -> Callable[[asyncio.Task[None]], None]:
     """A done-callback for a task that runs until cancelled: ending otherwise is logged and makes
     /healthz 503 with ``problem``, so it is seen and the process restarted."""
 
@@ -159,8 +139,8 @@ def stopped_on(operations: Operations, problem: str) -> Callable[[asyncio.Task[N
             return
         exc = task.exception()
         log.critical(problem, error=repr(exc) if exc is not None else "returned")
-        if problem not in operations.stopped:
-            operations.stopped.append(problem)
+        if problem not in runtime.stopped:
+            runtime.stopped.append(problem)
 
     return done
 
@@ -237,7 +217,7 @@ def runner_options(settings: Settings) -> dict[str, Any]:
 
 async def _drain_listening(app: web.Application, budget: float) -> None:
     """Answer new webhooks 503 while those in flight finish and the spool drains, within ``budget`` s."""
-    gate = app[OPERATIONS].gate
+    gate = app[RUNTIME].gate
     gate.close(deadline=time.monotonic() + budget)
     finished = await gate.wait_idle(gate.remaining(budget))
     log.info("requests_finished" if finished else "requests_cut_short", left=gate.inflight)

@@ -28,7 +28,7 @@ from bridge.core.payload import Payload, parse_payload
 from bridge.errors import InvalidBody, RequestError, TooLarge, Unavailable
 from bridge.http.guard import GUARDED_PREFIX, build_guard
 from bridge.http.limits import Admission, read_body
-from bridge.http.ops import OPERATIONS, RETRY_AFTER, WEBHOOK_PREFIX, Operations, liveness_answer
+from bridge.http.ops import RETRY_AFTER, RUNTIME, WEBHOOK_PREFIX, Runtime, liveness_answer
 from bridge.http.sequencer import Sequencer
 from bridge.logs import end_request, request_line, start_request
 from bridge.settings import Settings
@@ -145,7 +145,7 @@ async def _build_in_chunks(
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive and its event loop answers; with operations installed, 503 when it
     cannot do its job (``bridge.http.ops.liveness_answer``), so an orchestrator restarts it."""
-    ops = request.app.get(OPERATIONS)
+    ops = request.app.get(RUNTIME)
     if ops is None:
         return _json({"status": "ok"})
     body, status = liveness_answer(ops)
@@ -173,7 +173,7 @@ def build_edge(settings: Settings) -> Middleware:
         started = time.perf_counter()
         # Keep-alive requests share a task and so its context: each one starts clean.
         start_request()
-        ops = request.app.get(OPERATIONS)
+        ops = request.app.get(RUNTIME)
         path = request.path
         status = 500
         try:
@@ -219,7 +219,7 @@ async def _guarded(
     request: web.Request,
     handler: Handler,
     guard: Callable[[web.Request], None],
-    ops: Operations | None,
+    ops: Runtime | None,
     path: str,
 ) -> web.StreamResponse:
     """The handler behind the guard and the shutdown gate; refusals as JSON bodies."""

@@ -1,5 +1,5 @@
-"""What operators see over HTTP: /readyz, /metrics, what /healthz checks, and the gate that turns
-webhooks away on shutdown.
+"""The running bridge's state in one place (``Runtime``) and what operators see of it over HTTP:
+/readyz, /metrics, what /healthz checks, and the gate that turns webhooks away on shutdown.
 
 ``install_operations`` adds all of it to an app built by ``bridge.http.app.build_app``.
 """
@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
+import structlog
 from aiohttp import web
 
+from bridge.errors import SpoolError
 from bridge.metrics import CONTENT_TYPE, Metrics, State
+from bridge.spool.drain import Drain
 from bridge.spool.store import Spool
 
 WEBHOOK_PREFIX = "/webhooks/"
@@ -28,6 +31,8 @@ SPOOL_ROOM = 1024
 ALWAYS_BLOCKING = frozenset({"shutting_down", "spool_not_writable", "spool_full"})
 # Without a spool a webhook waits for RabbitMQ: an outage or an alarm is then a refusal too.
 BLOCKING_WITHOUT_SPOOL = frozenset({"broker_disconnected", "broker_blocked"})
+
+log = structlog.get_logger("bridge.service")
 
 
 class BrokerStatus(Protocol):
@@ -118,27 +123,39 @@ class LoopMonitor:
 
 
 @dataclass
-class Operations:
-    """The running parts the operations endpoints look at."""
+class Runtime:
+    """The one holder of a running bridge's state: its parts, what /readyz and /healthz derive
+    from them, and the failure that stops the process."""
 
-    broker: BrokerStatus
+    publisher: BrokerStatus
     spool: Spool | None
     metrics: Metrics
+    drain: Drain | None = None
     gate: ShutdownGate = field(default_factory=ShutdownGate)
     stall_after: float = 60.0
     spool_max_bytes: int | None = None
     monitor: LoopMonitor = field(default_factory=LoopMonitor)
     # Running parts that ended when they should not have (named in /healthz).
     stopped: list[str] = field(default_factory=list)
+    # The spool failure that stops the process (its exit code), and the event that stops it.
+    fatal: SpoolError | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
     # Wall time since which the broker has been connected and unblocked, None while it is not.
     _up_since: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.metrics.watch(self.state)
 
+    def fail(self, error: SpoolError) -> None:
+        """The spool failed: stop the process rather than answer 200 on a spool we cannot trust."""
+        if self.fatal is None:
+            self.fatal = error
+            log.critical("stopping_on_spool_failure", error=str(error))
+            self.stop.set()
+
     def observe(self) -> None:
         """Note whether the broker is up now; the stall clock starts no earlier than that."""
-        if not self.broker.connected or self.broker.blocked:
+        if not self.publisher.connected or self.publisher.blocked:
             self._up_since = None
         elif self._up_since is None:
             self._up_since = time.time()
@@ -154,9 +171,9 @@ class Operations:
                 found.append("spool_not_writable")
             elif self._spool_full():
                 found.append("spool_full")
-        if self.broker.blocked:
+        if self.publisher.blocked:
             found.append("broker_blocked")
-        elif not self.broker.connected:
+        elif not self.publisher.connected:
             found.append("broker_disconnected")
         if self.drain_stalled():
             found.append("drain_stalled")
@@ -191,7 +208,7 @@ class Operations:
         found = []
         if self.monitor.blocked:
             found.append("event_loop_blocked")
-        if not getattr(self.broker, "healthy", True):
+        if not getattr(self.publisher, "healthy", True):
             found.append("publisher_failing")
         found.extend(self.stopped)
         return found
@@ -203,8 +220,8 @@ class Operations:
             spool_entries=stats.entries if stats else 0,
             spool_bytes=stats.bytes if stats else 0,
             spool_oldest=stats.oldest if stats else None,
-            broker_connected=self.broker.connected,
-            broker_blocked=self.broker.blocked,
+            broker_connected=self.publisher.connected,
+            broker_blocked=self.publisher.blocked,
             ready=not self.blocking(problems),
             spool_sync=self.spool.sync_times if self.spool is not None else None,
             # SpoolStats.quarantined arrives with the quarantine table; until then there is none.
@@ -212,7 +229,7 @@ class Operations:
             drain_stalled="drain_stalled" in problems,
             last_confirm=self.metrics.last_confirm,
             loop_lag=self.monitor.lag,
-            publisher_healthy=bool(getattr(self.broker, "healthy", True)),
+            publisher_healthy=bool(getattr(self.publisher, "healthy", True)),
         )
 
     async def watching(self, _app: web.Application) -> AsyncIterator[None]:
@@ -224,29 +241,29 @@ class Operations:
             await task
 
 
-OPERATIONS = web.AppKey("operations", Operations)
+RUNTIME = web.AppKey("runtime", Runtime)
 
 
-def install_operations(app: web.Application, operations: Operations) -> None:
-    """Add /readyz and /metrics to ``app`` (before it starts); with ``operations`` in the app, its
+def install_operations(app: web.Application, runtime: Runtime) -> None:
+    """Add /readyz and /metrics to ``app`` (before it starts); with ``runtime`` in the app, its
     request edge (``bridge.http.app.build_edge``) counts every request and applies the shutdown gate."""
-    app[OPERATIONS] = operations
+    app[RUNTIME] = runtime
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    app.cleanup_ctx.append(operations.watching)
+    app.cleanup_ctx.append(runtime.watching)
 
 
 async def readyz(request: web.Request) -> web.Response:
     """200 while webhooks can be accepted safely now (a load balancer's check); 503 when they
     cannot. Either way the body lists every problem, and which of them are ``blocking``."""
-    ops = request.app[OPERATIONS]
+    ops = request.app[RUNTIME]
     problems = ops.problems()
     blocking = ops.blocking(problems)
     body: dict[str, object] = {
         "status": "not_ready" if blocking else "degraded" if problems else "ready",
         "problems": problems,
         "blocking": blocking,
-        "broker": {"connected": ops.broker.connected, "blocked": ops.broker.blocked},
+        "broker": {"connected": ops.publisher.connected, "blocked": ops.publisher.blocked},
     }
     if ops.spool is not None:
         body["spool"] = {"writable": ops.spool.writable, "entries": ops.spool.stats.entries}
@@ -260,7 +277,7 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-def liveness_answer(ops: Operations) -> tuple[dict[str, object], int]:
+def liveness_answer(ops: Runtime) -> tuple[dict[str, object], int]:
     """/healthz's body and status: 503 naming why the process should be restarted."""
     problems = ops.liveness()
     if problems:
@@ -270,4 +287,4 @@ def liveness_answer(ops: Operations) -> tuple[dict[str, object], int]:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
-    return web.Response(body=request.app[OPERATIONS].metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+    return web.Response(body=request.app[RUNTIME].metrics.render(), headers={"Content-Type": CONTENT_TYPE})

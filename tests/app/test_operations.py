@@ -17,7 +17,7 @@ from bridge import sink as sink_module
 from bridge.core.message import Outbound
 from bridge.http import app as app_module
 from bridge.http.app import build_app
-from bridge.http.ops import LoopMonitor, Operations, install_operations
+from bridge.http.ops import LoopMonitor, Runtime, install_operations
 from bridge.logs import configure_logging
 from bridge.metrics import MAX_FAILURE_CLASSES, Metrics
 from bridge.settings import Settings
@@ -65,16 +65,16 @@ def spool_max_bytes() -> int:
 @pytest.fixture
 async def ops(
     broker: FakeBroker, tmp_path: Path, stall_after: float, monitor: LoopMonitor, spool_max_bytes: int
-) -> AsyncIterator[tuple[Client, Operations]]:
+) -> AsyncIterator[tuple[Client, Runtime]]:
     spool = Spool(tmp_path / "spool", max_bytes=spool_max_bytes)
     spool.open()
     app = build_app(Settings(spool_dir=tmp_path / "spool"), SpoolSink(spool, on_fatal=lambda _e: None))
-    operations = Operations(
+    runtime = Runtime(
         broker, spool, Metrics(), stall_after=stall_after, monitor=monitor, spool_max_bytes=spool_max_bytes
     )
-    install_operations(app, operations)
+    install_operations(app, runtime)
     async with TestClient(TestServer(app)) as client:
-        yield client, operations
+        yield client, runtime
     spool.close()
 
 
@@ -82,7 +82,7 @@ async def ops(
 async def spoolless(broker: FakeBroker) -> AsyncIterator[Client]:
     """The app without a spool: every webhook waits for the broker."""
     app = build_app(Settings(spool_dir=None), DirectSink(broker, timeout=1.0))
-    install_operations(app, Operations(broker, None, Metrics()))
+    install_operations(app, Runtime(broker, None, Metrics()))
     async with TestClient(TestServer(app)) as client:
         yield client
 
@@ -91,7 +91,7 @@ WEBHOOK = b'{"Add":{"Guests":[1]}}'
 
 
 class TestReadiness:
-    async def test_ready_when_connected_and_spool_writable(self, ops: tuple[Client, Operations]) -> None:
+    async def test_ready_when_connected_and_spool_writable(self, ops: tuple[Client, Runtime]) -> None:
         """/readyz 200 and /healthz 200 with the broker connected and the spool open."""
         client, _ = ops
         response = await client.get("/readyz")
@@ -101,7 +101,7 @@ class TestReadiness:
         assert (await client.get("/healthz")).status == 200
 
     async def test_broker_down_with_a_spool_is_reported_not_refused(
-        self, ops: tuple[Client, Operations], broker: FakeBroker
+        self, ops: tuple[Client, Runtime], broker: FakeBroker
     ) -> None:
         """With a healthy spool a broker outage is in the body, not a 503: webhooks are still kept."""
         client, operations = ops
@@ -124,7 +124,7 @@ class TestReadiness:
         text = await (await client.get("/metrics")).text()
         assert sample(text, "servio_bridge_ready") == 1
 
-    async def test_blocked_broker_is_named(self, ops: tuple[Client, Operations], broker: FakeBroker) -> None:
+    async def test_blocked_broker_is_named(self, ops: tuple[Client, Runtime], broker: FakeBroker) -> None:
         """A connection blocked by a RabbitMQ alarm is named in /readyz; with a spool it stays 200."""
         client, _ = ops
         broker.blocked = True
@@ -154,7 +154,7 @@ class TestReadiness:
         assert (await (await spoolless.get("/readyz")).json())["blocking"] == ["broker_blocked"]
 
     @pytest.mark.parametrize("spool_max_bytes", [4096])
-    async def test_full_spool_refuses(self, ops: tuple[Client, Operations]) -> None:
+    async def test_full_spool_refuses(self, ops: tuple[Client, Runtime]) -> None:
         """A spool at its bound is spool_full and blocking: 503 until it has room again."""
         client, _ = ops
         for n in range(100):
@@ -169,7 +169,7 @@ class TestReadiness:
         assert (body["problems"], body["blocking"]) == (["spool_full"], ["spool_full"])
 
     async def test_a_full_disk_is_spool_full(
-        self, ops: tuple[Client, Operations], monkeypatch: pytest.MonkeyPatch
+        self, ops: tuple[Client, Runtime], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A spool whose disk is full is spool_full and blocking, whatever its byte count."""
         client, _ = ops
@@ -178,7 +178,7 @@ class TestReadiness:
         assert response.status == 503
         assert (await response.json())["blocking"] == ["spool_full"]
 
-    async def test_closed_spool_is_not_writable(self, ops: tuple[Client, Operations]) -> None:
+    async def test_closed_spool_is_not_writable(self, ops: tuple[Client, Runtime]) -> None:
         """A spool that cannot be written is spool_not_writable and blocking."""
         client, operations = ops
         assert operations.spool is not None
@@ -191,7 +191,7 @@ class TestReadiness:
 class TestStall:
     @pytest.mark.parametrize("stall_after", [0.3])
     async def test_waiting_entry_with_the_broker_connected_is_a_stall(
-        self, ops: tuple[Client, Operations]
+        self, ops: tuple[Client, Runtime]
     ) -> None:
         """The oldest entry waits past BRIDGE_STALL_AFTER with the broker up and no confirm:
         drain_stalled, in the body and the metrics, not blocking; a confirm clears it."""
@@ -215,7 +215,7 @@ class TestStall:
 
     @pytest.mark.parametrize("stall_after", [0.3])
     async def test_an_idle_bridge_is_not_stalled_by_its_next_webhook(
-        self, ops: tuple[Client, Operations]
+        self, ops: tuple[Client, Runtime]
     ) -> None:
         """The last confirm long ago is no stall: a new entry gets its own BRIDGE_STALL_AFTER."""
         client, operations = ops
@@ -226,7 +226,7 @@ class TestStall:
 
     @pytest.mark.parametrize("stall_after", [0.3])
     async def test_a_broker_back_from_an_outage_gets_its_own_time(
-        self, ops: tuple[Client, Operations], broker: FakeBroker
+        self, ops: tuple[Client, Runtime], broker: FakeBroker
     ) -> None:
         """Entries kept through an outage are no stall the moment the broker is back; only later."""
         client, _ = ops
@@ -239,7 +239,7 @@ class TestStall:
         await asyncio.sleep(0.4)
         assert (await (await client.get("/readyz")).json())["problems"] == ["drain_stalled"]
 
-    async def test_no_confirm_yet_means_no_timestamp(self, ops: tuple[Client, Operations]) -> None:
+    async def test_no_confirm_yet_means_no_timestamp(self, ops: tuple[Client, Runtime]) -> None:
         """Before any confirm the last-confirm gauge is 0; a batch that confirmed nothing moves nothing."""
         client, operations = ops
         operations.metrics.confirmed_batch([], [])
@@ -249,7 +249,7 @@ class TestStall:
 
 class TestLiveness:
     async def test_a_failing_publisher_is_a_503(
-        self, ops: tuple[Client, Operations], broker: FakeBroker
+        self, ops: tuple[Client, Runtime], broker: FakeBroker
     ) -> None:
         """A publisher that can no longer be run (``healthy`` False) turns /healthz 503 with the reason."""
         client, _ = ops
@@ -260,7 +260,7 @@ class TestLiveness:
         assert (await response.json())["problems"] == ["publisher_failing"]
 
     @pytest.mark.parametrize("monitor", [LoopMonitor(interval=0.05, threshold=0.2, window=1.0)])
-    async def test_a_blocked_event_loop_is_a_503_for_a_while(self, ops: tuple[Client, Operations]) -> None:
+    async def test_a_blocked_event_loop_is_a_503_for_a_while(self, ops: tuple[Client, Runtime]) -> None:
         """An event loop held for longer than the threshold shows in /healthz and the lag gauge,
         and clears once the window has passed."""
         client, _ = ops
@@ -278,7 +278,7 @@ class TestLiveness:
 
 
 class TestMetrics:
-    async def test_names_and_webhook_counts(self, ops: tuple[Client, Operations], broker: FakeBroker) -> None:
+    async def test_names_and_webhook_counts(self, ops: tuple[Client, Runtime], broker: FakeBroker) -> None:
         """Every name starts servio_bridge_; webhooks are counted by status and source; gauges read live."""
         client, _ = ops
         for _ in range(3):
@@ -300,7 +300,7 @@ class TestMetrics:
         route = "/webhooks/servio/{source}"
         assert sample(text, "servio_bridge_request_duration_seconds_count", route=route) == 4
 
-    async def test_each_spool_fsync_is_timed(self, ops: tuple[Client, Operations]) -> None:
+    async def test_each_spool_fsync_is_timed(self, ops: tuple[Client, Runtime]) -> None:
         """Every webhook answered 200 waited for an fsync of the spool: each one is in the histogram."""
         client, operations = ops
         for n in range(5):
@@ -320,7 +320,7 @@ class TestMetrics:
         assert cumulative[-1] == count
 
     async def test_a_slow_disk_shows_in_the_fsync_times(
-        self, ops: tuple[Client, Operations], monkeypatch: pytest.MonkeyPatch
+        self, ops: tuple[Client, Runtime], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """fsyncs that take 30 ms land past the 25 ms bound, and the answers waited for them."""
         client, _ = ops
@@ -341,7 +341,7 @@ class TestMetrics:
         assert total is not None
         assert total - under >= 1
 
-    async def test_sources_past_the_bound_are_other(self, ops: tuple[Client, Operations]) -> None:
+    async def test_sources_past_the_bound_are_other(self, ops: tuple[Client, Runtime]) -> None:
         """Label values from the outside are bounded: a flood of sources ends up under "other"."""
         _, operations = ops
         for n in range(250):
@@ -387,7 +387,7 @@ class TestMetrics:
         for reason in ("closed", "returned", "nacked", "too_large", "invalid_field"):
             assert sample(text, "servio_bridge_messages_refused_total", reason=reason) == 0
 
-    async def test_quarantined_entries_are_a_gauge(self, ops: tuple[Client, Operations]) -> None:
+    async def test_quarantined_entries_are_a_gauge(self, ops: tuple[Client, Runtime]) -> None:
         """The spool's quarantine count is exported (0 while there is none)."""
         client, _ = ops
         text = await (await client.get("/metrics")).text()
@@ -406,7 +406,7 @@ class TestMetrics:
 
 
 class TestShutdownGate:
-    async def test_closed_gate_turns_webhooks_away(self, ops: tuple[Client, Operations]) -> None:
+    async def test_closed_gate_turns_webhooks_away(self, ops: tuple[Client, Runtime]) -> None:
         """After shutdown began: webhooks 503, Retry-After, Connection: close; readyz 503; healthz 200."""
         client, operations = ops
         operations.gate.close()
@@ -424,7 +424,7 @@ class TestShutdownGate:
 
 
 class TestRequestLog:
-    async def test_one_line_per_webhook_with_its_facts(self, ops: tuple[Client, Operations]) -> None:
+    async def test_one_line_per_webhook_with_its_facts(self, ops: tuple[Client, Runtime]) -> None:
         """The request line carries delivery_id, source, status, messages, rejected and duration."""
         client, _ = ops
         stream = io.StringIO()
@@ -440,7 +440,7 @@ class TestRequestLog:
 
 class TestLargeWebhooks:
     async def test_other_requests_run_between_chunks_of_a_large_webhook(
-        self, ops: tuple[Client, Operations], monkeypatch: pytest.MonkeyPatch
+        self, ops: tuple[Client, Runtime], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A 2,500-ID webhook is built and encoded 1,000 messages at a time, and the event loop
         runs other tasks between two chunks; every message still reaches the spool, in order."""

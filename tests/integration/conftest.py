@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.service import RUNTIME, build_service
+from bridge.http.ops import RUNTIME
+from bridge.service import build_service
 from bridge.settings import Settings
 from tests.conftest import AMQP_URL
 
