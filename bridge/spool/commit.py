@@ -1,14 +1,15 @@
 """Group commit: one fdatasync of the WAL makes every transaction written before it durable.
 
-The writer commits into the page cache and asks the syncer thread for the newest transaction;
-every transaction written while one fsync runs is covered by the next one, and the thread waits
-in C, needing the GIL only twice per fsync.
+The appends of one loop iteration go in one transaction, into the page cache; the syncer thread
+then fsyncs the WAL, and every append made meanwhile waits for it and goes in the next one. The
+thread waits in C, needing the GIL only twice per fsync.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import os
 import queue
@@ -18,6 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.errors import SpoolError
+from bridge.spool.reader import RETRY_DELAYS
+from bridge.spool.schema import Busy, DiskFull
+
+# An appended record and the time it was appended.
+Row = tuple[bytes, float]
 
 # Upper bounds, in seconds, of the spool's fsync-time histogram (the last bucket is +Inf).
 SYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -114,3 +120,113 @@ class Syncer:
             self.covered = target
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
                 self._loop.call_soon_threadsafe(self._settle, target, error)
+
+
+class GroupCommit:
+    """Appends waiting to be written and synced, on the loop's thread.
+
+    ``insert`` writes rows in one transaction and returns its number (raising ``Busy``,
+    ``DiskFull`` or ``SpoolError``); ``refuse`` answers appends whose transaction was rolled back
+    (``full``: for want of room); ``fail`` is told of a failed fsync.
+    """
+
+    def __init__(
+        self,
+        insert: Callable[[list[Row]], int],
+        refuse: Callable[[list[Row], list[asyncio.Future[None]], bool], None],
+        fail: Callable[[SpoolError], object],
+    ) -> None:
+        self._insert = insert
+        self._refuse = refuse
+        self._fail = fail
+        self.syncer = Syncer(self._settle)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Appends not yet written: their rows and futures; whether a flush or an fsync is under way.
+        self._pending_rows: list[Row] = []
+        self._pending: list[asyncio.Future[None]] = []
+        self._flush_scheduled = False
+        self._syncing = False
+        self._busy_attempt = 0
+        # The futures of appends written and waiting for a sync, oldest first, by transaction.
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        # Set while the checkpointer copies the whole WAL: nothing is written until cleared.
+        self.held = False
+
+    def bind(self, wal_fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        """The WAL file to sync and the loop the appends wait on; before the syncer runs."""
+        self._loop = loop
+        self.syncer.bind(wal_fd, loop)
+
+    def add(self, rows: list[Row]) -> asyncio.Future[None]:
+        """A future done once ``rows`` are written and synced."""
+        assert self._loop is not None
+        self._pending_rows.extend(rows)
+        durable = self._loop.create_future()
+        self._pending.append(durable)
+        if not self._syncing and not self._flush_scheduled:
+            # The appends of this loop iteration go in one transaction; while an fsync runs,
+            # everything appended meanwhile waits for it to end and goes in the next one.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        return durable
+
+    def resume(self) -> None:
+        """Writes are let go again: what waited is written, unless an fsync will do it."""
+        self.held = False
+        if not self._syncing:
+            self._flush()
+
+    def fail(self, error: SpoolError) -> None:
+        """Answer every append not yet durable with ``error``."""
+        pending, self._pending, self._pending_rows = self._pending, [], []
+        while self._waiting:
+            pending.append(self._waiting.popleft()[1])
+        for future in pending:
+            if not future.done():
+                future.set_exception(error)
+
+    def _flush(self) -> None:
+        """Write what was appended since the last fsync in one transaction, and have it synced."""
+        self._flush_scheduled = False
+        if not self._pending or self.held:
+            return
+        rows, futures = self._pending_rows, self._pending
+        self._pending_rows, self._pending = [], []
+        try:
+            written = self._insert(rows)
+        except Busy:
+            if self._busy_attempt < len(RETRY_DELAYS):
+                # Kept in order ahead of anything appended meanwhile, written after the back-off.
+                self._pending_rows[:0], self._pending[:0] = rows, futures
+                assert self._loop is not None
+                self._flush_scheduled = True
+                self._loop.call_later(RETRY_DELAYS[self._busy_attempt], self._flush)
+                self._busy_attempt += 1
+                return
+            self._busy_attempt = 0
+            self._refuse(rows, futures, False)
+            return
+        except DiskFull:
+            self._busy_attempt = 0
+            self._refuse(rows, futures, True)
+            return
+        except SpoolError as exc:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self._busy_attempt = 0
+        self._waiting.extend((written, f) for f in futures)
+        self._syncing = True
+        self.syncer.request(written)
+
+    def _settle(self, covered: int, error: SpoolError | None) -> None:
+        self._syncing = False
+        if error is not None:
+            self._fail(error)
+            return
+        while self._waiting and self._waiting[0][0] <= covered:
+            _, future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+        self._flush()

@@ -1,4 +1,5 @@
-"""The spool file: its tables, its version, and the migration of an older file when it opens."""
+"""The spool file: its tables, its version, the migration of an older file when it opens, and the
+two failed writes the spool goes on after (no room, a busy lock)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,23 @@ _QUARANTINE_TABLE = """
         reason TEXT NOT NULL
     );
 """
+
+
+class DiskFull(Exception):
+    """SQLITE_FULL: the transaction was rolled back; nothing of it was kept."""
+
+
+class Busy(Exception):
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock; try again shortly."""
+
+
+def is_full(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def connect(path: Path, *, check_same_thread: bool = True, synchronous: str = "NORMAL") -> sqlite3.Connection:

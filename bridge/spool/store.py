@@ -16,7 +16,6 @@ write or fsync of an append, or a file that fails its integrity check, is. See d
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import fcntl
 import os
@@ -31,10 +30,10 @@ import structlog
 
 from bridge.errors import SpoolError, SpoolFull, Unavailable
 from bridge.spool.checkpoint import Checkpointer
-from bridge.spool.commit import SYNC_BUCKETS, Syncer, SyncTimes
+from bridge.spool.commit import SYNC_BUCKETS, GroupCommit, Row, SyncTimes
 from bridge.spool.reader import RETRY_DELAYS, Span, SpoolReader, SpoolStats
 from bridge.spool.reserve import DEFAULT_BYTES, Reserve
-from bridge.spool.schema import ENTRY_OVERHEAD, FILE_NAME, check, connect
+from bridge.spool.schema import ENTRY_OVERHEAD, FILE_NAME, Busy, DiskFull, check, connect, is_busy, is_full
 
 __all__ = [  # noqa: RUF022 - grouped: the writer, then what importers still take from here
     "Spool",
@@ -52,23 +51,6 @@ log = structlog.get_logger("bridge.spool.store")
 REMOVE_RETRY_MAX = 2.0
 # What a WAL that grew past the checkpointer's limit is cut back to once it starts over.
 WAL_BYTES_KEPT = 64 * 1024 * 1024
-
-
-class _DiskFull(Exception):
-    """SQLITE_FULL: the transaction was rolled back; nothing of it was kept."""
-
-
-class _Busy(Exception):
-    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock; try again shortly."""
-
-
-def _is_full(exc: sqlite3.Error) -> bool:
-    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class Spool:
@@ -91,7 +73,6 @@ class Spool:
         # Set on the loop's thread when the disk refused a write or the reserve was given up;
         # cleared there once the checkpointer thread finds room again.
         self._disk_full = False
-        self._busy_attempt = 0
         self._lock_file: IO[bytes] | None = None
         self._writer: sqlite3.Connection | None = None  # the event loop's thread only
         self._reader: sqlite3.Connection | None = None
@@ -99,19 +80,11 @@ class Spool:
         self._checkpoints: Checkpointer | None = None  # the checkpointer thread's, once open
         self._wal_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Transactions written; the futures of appends waiting for a sync, oldest first, by their
-        # transaction number (``_waiting``).
-        self._written = 0
-        self._syncer = Syncer(self._settle)
-        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._written = 0  # transactions written: the syncer is asked to cover them by number
+        self._commit = GroupCommit(self._insert, self._refuse, self._fail)
         self._threads: list[threading.Thread] = []
-        # Appends not yet written: their rows and futures; whether a flush or an fsync is under way.
-        self._pending_rows: list[tuple[bytes, float]] = []
-        self._pending: list[asyncio.Future[None]] = []
-        self._flush_scheduled = False
-        self._syncing = False
         # Set by the checkpointer's request, on the loop's thread: no transaction is written
-        # until it is cleared (appends wait in _pending, removes wait for _resumed).
+        # until it is cleared (appends wait in the group commit, removes wait for _resumed).
         self._paused = False
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -170,10 +143,10 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"spool WAL file of {self.path} cannot be opened: {exc}") from None
         self._loop = asyncio.get_running_loop()
-        self._syncer.bind(self._wal_fd, self._loop)
+        self._commit.bind(self._wal_fd, self._loop)
         self._checkpoints = Checkpointer(self, self._checkpointer, self._reserve, self._loop)
         for target, name in (
-            (self._syncer.run, "spool-syncer"),
+            (self._commit.syncer.run, "spool-syncer"),
             (self._checkpoints.run, "spool-checkpointer"),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -190,7 +163,7 @@ class Spool:
 
     def close(self) -> None:
         """Sync what was written, stop the threads, checkpoint, and release the directory."""
-        self._syncer.stop()
+        self._commit.syncer.stop()
         if self._checkpoints is not None:
             self._checkpoints.stop()
         for thread in self._threads:
@@ -232,12 +205,12 @@ class Spool:
     @property
     def sync_times(self) -> SyncTimes:
         """How long each fsync of the WAL took, since the spool opened: every append waits for one."""
-        return self._syncer.clock.read()
+        return self._commit.syncer.clock.read()
 
     @property
     def commits(self) -> int:
         """fsyncs of the WAL: each makes every append before it durable."""
-        return self._syncer.commits
+        return self._commit.syncer.commits
 
     @property
     def checkpoints(self) -> int:
@@ -272,17 +245,9 @@ class Spool:
                 self._retry_after,
             )
         now = time.time()
-        self._pending_rows.extend((r, now) for r in records)
+        durable = self._commit.add([(r, now) for r in records])
         self._entries += len(records)
         self._bytes += size
-        assert self._loop is not None
-        durable = self._loop.create_future()
-        self._pending.append(durable)
-        if not self._syncing and not self._flush_scheduled:
-            # The appends of this loop iteration go in one transaction; while an fsync runs,
-            # everything appended meanwhile waits for it to end and goes in the next one.
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
         await durable
         self.appended.set()
 
@@ -315,11 +280,11 @@ class Spool:
             try:
                 counts = self._write(statements)
                 break
-            except _DiskFull:
+            except DiskFull:
                 if self.give_up_reserve():
                     continue
                 log.warning("spool_remove_waiting", reason="disk_full", first=span.first, last=span.last)
-            except _Busy:
+            except Busy:
                 log.info("spool_remove_waiting", reason="busy", first=span.first, last=span.last)
             await asyncio.sleep(delay)
             delay = min(delay * 2, REMOVE_RETRY_MAX)
@@ -333,8 +298,8 @@ class Spool:
         syncer. Returns the rows each statement changed.
 
         Raises:
-            _DiskFull: no room for it; rolled back, the spool goes on.
-            _Busy: another connection holds the lock; rolled back, try again.
+            DiskFull: no room for it; rolled back, the spool goes on.
+            Busy: another connection holds the lock; rolled back, try again.
             SpoolError: the write failed otherwise; the spool is failed for good.
         """
         if self._failed is not None:
@@ -350,56 +315,29 @@ class Spool:
                 self._writer.execute("ROLLBACK")
             # SQLite rolls a transaction that found no room back whole (WAL frames without a
             # commit frame never count), so the file is as it was before it.
-            if _is_full(exc):
-                raise _DiskFull(str(exc)) from None
-            if _is_busy(exc):
-                raise _Busy(str(exc)) from None
+            if is_full(exc):
+                raise DiskFull(str(exc)) from None
+            if is_busy(exc):
+                raise Busy(str(exc)) from None
             # Any other failed write leaves the file in a state we cannot vouch for (the lesson
             # of PostgreSQL's fsync bug): refuse everything from now on.
             raise self._fail(SpoolError(f"spool write failed: {exc}")) from None
         self._written += 1
         return counts
 
-    def _flush(self) -> None:
-        """Write what was appended since the last fsync in one transaction, and have it synced."""
-        self._flush_scheduled = False
-        if not self._pending or self._paused:
-            return
-        rows, futures = self._pending_rows, self._pending
-        self._pending_rows, self._pending = [], []
-        try:
-            self._write([("INSERT INTO spool (record, created) VALUES (?, ?)", rows)])
-        except _Busy:
-            if self._busy_attempt < len(RETRY_DELAYS):
-                # Kept in order ahead of anything appended meanwhile, written after the back-off.
-                self._pending_rows[:0], self._pending[:0] = rows, futures
-                assert self._loop is not None
-                self._flush_scheduled = True
-                self._loop.call_later(RETRY_DELAYS[self._busy_attempt], self._flush)
-                self._busy_attempt += 1
-                return
-            self._busy_attempt = 0
-            self._refuse(rows, futures, Unavailable("spool_busy", "the spool is locked", self._retry_after))
-            return
-        except _DiskFull:
-            self._busy_attempt = 0
-            self._enter_disk_full()
-            self._refuse(rows, futures, self._no_room())
-            return
-        except SpoolError as exc:
-            for future in futures:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        self._busy_attempt = 0
-        self._waiting.extend((self._written, f) for f in futures)
-        self._syncing = True
-        self._syncer.request(self._written)
+    def _insert(self, rows: list[Row]) -> int:
+        """Appended rows in one transaction; its number. Raises as ``_write`` does."""
+        self._write([("INSERT INTO spool (record, created) VALUES (?, ?)", rows)])
+        return self._written
 
-    def _refuse(
-        self, rows: list[tuple[bytes, float]], futures: list[asyncio.Future[None]], error: Unavailable
-    ) -> None:
-        """Answer appends whose transaction was rolled back: nothing of them was kept."""
+    def _refuse(self, rows: list[Row], futures: list[asyncio.Future[None]], full: bool) -> None:
+        """Answer appends whose transaction was rolled back, busy or ``full``: nothing of them was
+        kept."""
+        if full:
+            self._enter_disk_full()
+            error: Unavailable = self._no_room()
+        else:
+            error = Unavailable("spool_busy", "the spool is locked", self._retry_after)
         self._entries -= len(rows)
         self._bytes -= sum(len(record) for record, _ in rows) + ENTRY_OVERHEAD * len(rows)
         for future in futures:
@@ -434,12 +372,7 @@ class Spool:
         if self._failed is None:
             self._failed = error
             log.critical("spool_write_failed", error=str(error), pid=os.getpid())
-        pending, self._pending, self._pending_rows = self._pending, [], []
-        while self._waiting:
-            pending.append(self._waiting.popleft()[1])
-        for future in pending:
-            if not future.done():
-                future.set_exception(self._failed)
+        self._commit.fail(self._failed)
         return self._failed
 
     def _quarantined_count(self) -> int:
@@ -457,18 +390,7 @@ class Spool:
         row = self._reader.execute("SELECT created FROM spool ORDER BY seq LIMIT 1").fetchone()
         return None if row is None else float(row[0])
 
-    # -- called by the syncer and checkpointer threads, on the loop's thread -----------------
-
-    def _settle(self, covered: int, error: SpoolError | None) -> None:
-        self._syncing = False
-        if error is not None:
-            self._fail(error)
-            return
-        while self._waiting and self._waiting[0][0] <= covered:
-            _, future = self._waiting.popleft()
-            if not future.done():
-                future.set_result(None)
-        self._flush()
+    # -- called by the checkpointer thread, on the loop's thread ------------------------------
 
     def compact(self) -> None:
         """Rewrite an emptied spool small (VACUUM): only on a full disk, where its freed pages
@@ -478,7 +400,7 @@ class Spool:
         try:
             self._writer.execute("VACUUM")
         except sqlite3.Error as exc:
-            if not (_is_full(exc) and self.give_up_reserve()):
+            if not (is_full(exc) and self.give_up_reserve()):
                 log.warning("spool_compact_failed", error=str(exc))
                 return
             try:
@@ -491,10 +413,10 @@ class Spool:
     def hold_writes(self) -> None:
         """Write no transaction until ``release_writes``: the checkpointer copies the whole WAL."""
         self._paused = True
+        self._commit.held = True
         self._resumed.clear()
 
     def release_writes(self) -> None:
         self._paused = False
         self._resumed.set()
-        if not self._syncing:
-            self._flush()
+        self._commit.resume()
