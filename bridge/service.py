@@ -180,8 +180,8 @@ async def serve(
         await site.start()
         addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
         log.info("listening", addresses=[f"{h}:{p}" for h, p in addresses])
-        # Everything start-up made lives as long as the process: out of the collector's sight, a
-        # full collection no longer walks it (it took ~35 ms here, with every answer waiting).
+        # Everything start-up made lives as long as the process: out of the collector's sight, no
+        # full collection walks it while every answer waits (docs/benchmarks.md, third round).
         gc.freeze()
         if on_listening is not None:
             on_listening(addresses)
