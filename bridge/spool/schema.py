@@ -4,8 +4,10 @@ two failed writes the spool goes on after (no room, a busy lock)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import sqlite3
 from pathlib import Path
+from typing import IO
 
 import structlog
 
@@ -16,6 +18,8 @@ log = structlog.get_logger("bridge.spool.schema")
 # 1: the spool table; 2: and the quarantine table (a version-1 file is migrated on open).
 SCHEMA_VERSION = 2
 FILE_NAME = "spool.sqlite3"
+# What a WAL that grew past the checkpointer's limit is cut back to once it starts over.
+WAL_BYTES_KEPT = 64 * 1024 * 1024
 # Bytes counted per entry on top of its record: the row's own cost in the file, roughly.
 ENTRY_OVERHEAD = 64
 _QUARANTINE_TABLE = """
@@ -44,6 +48,54 @@ def is_full(exc: sqlite3.Error) -> bool:
 def is_busy(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def lock_directory(directory: Path) -> IO[bytes]:
+    """The spool directory, made if need be, locked for this process until the file is closed.
+
+    Raises:
+        SpoolError: the directory cannot be used, or another process holds it.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock_file = open(directory / "spool.lock", "wb")  # noqa: SIM115 - held until the spool closes
+    except OSError as exc:
+        raise SpoolError(f"spool directory {directory} is not usable: {exc}") from None
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock_file.close()
+        raise SpoolError(f"spool {directory} is in use by another process") from None
+    return lock_file
+
+
+def open_writer(path: Path) -> sqlite3.Connection:
+    """The writer's connection: the file checked (and migrated), then set to write into the page
+    cache only, leaving fsyncs to the syncer and checkpoints to the checkpointer.
+
+    Raises:
+        SpoolCorrupt: the file is not a spool this version can read.
+        SpoolError: the file cannot be opened now.
+    """
+    writer = connect(path, synchronous="FULL")
+    try:
+        # Start-up may wait for a ``spool quarantine`` command's short write; later, the loop's
+        # thread never blocks on a lock (busy writes are retried by the loop).
+        writer.execute("PRAGMA busy_timeout=5000")
+        check(writer, path)
+        writer.execute("PRAGMA busy_timeout=0")
+        # From here the writer leaves durability to the syncer, and checkpoints to the
+        # checkpointer's FULL connection (a checkpoint on an OFF connection skips its fsyncs).
+        writer.execute("PRAGMA synchronous=OFF")
+        writer.execute("PRAGMA wal_autocheckpoint=0")
+        # Some builds (Debian's) zero every freed page: a delete would then write every page it
+        # frees into the WAL, room a full disk does not have. The records need no shredding.
+        writer.execute("PRAGMA secure_delete=OFF")
+        writer.execute(f"PRAGMA journal_size_limit={WAL_BYTES_KEPT}")
+    except BaseException:
+        writer.close()
+        raise
+    return writer
 
 
 def connect(path: Path, *, check_same_thread: bool = True, synchronous: str = "NORMAL") -> sqlite3.Connection:

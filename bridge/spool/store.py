@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import sqlite3
 import threading
@@ -33,7 +32,17 @@ from bridge.spool.checkpoint import Checkpointer
 from bridge.spool.commit import SYNC_BUCKETS, GroupCommit, Row, SyncTimes
 from bridge.spool.reader import RETRY_DELAYS, Span, SpoolReader, SpoolStats
 from bridge.spool.reserve import DEFAULT_BYTES, Reserve
-from bridge.spool.schema import ENTRY_OVERHEAD, FILE_NAME, Busy, DiskFull, check, connect, is_busy, is_full
+from bridge.spool.schema import (
+    ENTRY_OVERHEAD,
+    FILE_NAME,
+    Busy,
+    DiskFull,
+    connect,
+    is_busy,
+    is_full,
+    lock_directory,
+    open_writer,
+)
 
 __all__ = [  # noqa: RUF022 - grouped: the writer, then what importers still take from here
     "Spool",
@@ -49,8 +58,6 @@ log = structlog.get_logger("bridge.spool.store")
 # A delete that cannot be written (busy, no room even without the reserve) waits at most this long
 # before it tries again: the drain has nothing else to do meanwhile.
 REMOVE_RETRY_MAX = 2.0
-# What a WAL that grew past the checkpointer's limit is cut back to once it starts over.
-WAL_BYTES_KEPT = 64 * 1024 * 1024
 
 
 class Spool:
@@ -104,32 +111,11 @@ class Spool:
             raise
 
     def _open(self) -> None:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._lock_file = open(self.directory / "spool.lock", "wb")  # noqa: SIM115 - held until close
-        except OSError as exc:
-            raise SpoolError(f"spool directory {self.directory} is not usable: {exc}") from None
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise SpoolError(f"spool {self.directory} is in use by another process") from None
+        self._lock_file = lock_directory(self.directory)
         # The reserve of the last run is this one's room to open on a full disk (the WAL index,
         # a WAL left by a kill); it is taken again below once the spool is open and checkpointed.
         self._reserve.discard()
-        self._writer = connect(self.path, synchronous="FULL")
-        # Start-up may wait for a ``spool quarantine`` command's short write; later, the loop's
-        # thread never blocks on a lock (busy writes are retried by the loop).
-        self._writer.execute("PRAGMA busy_timeout=5000")
-        check(self._writer, self.path)
-        self._writer.execute("PRAGMA busy_timeout=0")
-        # From here the writer leaves durability to the syncer, and checkpoints to the
-        # checkpointer's FULL connection (a checkpoint on an OFF connection skips its fsyncs).
-        self._writer.execute("PRAGMA synchronous=OFF")
-        self._writer.execute("PRAGMA wal_autocheckpoint=0")
-        # Some builds (Debian's) zero every freed page: a delete would then write every page it
-        # frees into the WAL, room a full disk does not have. The records need no shredding.
-        self._writer.execute("PRAGMA secure_delete=OFF")
-        self._writer.execute(f"PRAGMA journal_size_limit={WAL_BYTES_KEPT}")
+        self._writer = open_writer(self.path)
         self._reader = connect(self.path)  # the event loop's thread only: counts and the oldest entry
         self._checkpointer = connect(self.path, check_same_thread=False, synchronous="FULL")
         row = self._reader.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(record)), 0) FROM spool").fetchone()
