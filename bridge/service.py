@@ -14,9 +14,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from bridge.amqp.publisher import AmqpPublisher
-from bridge.amqp.worker import ProcessPublisher, WorkerConfig
-from bridge.core.topology import build_topology
+from bridge.amqp.process import ProcessPublisher
+from bridge.amqp.publisher import AmqpPublisher, build_publisher
 from bridge.errors import SpoolError
 from bridge.http.app import build_app
 from bridge.http.listener import BoundedSite
@@ -46,18 +45,11 @@ def build_service(settings: Settings) -> web.Application:
     if settings.spool_dir is not None:
         # The drain's publishing in a process of its own: it would otherwise take the listener's CPU.
         spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes)
-        in_child = ProcessPublisher(WorkerConfig.from_settings(settings), observer=metrics)
+        in_child = ProcessPublisher(settings, observer=metrics)
         publisher: AmqpPublisher | ProcessPublisher = in_child
         drain = Drain(spool, in_child)
     else:
-        publisher = AmqpPublisher(
-            settings.amqp_urls,
-            build_topology(settings.exchange, settings.routing_key, declare_queues=settings.declare_queues),
-            name="servio-bridge",
-            confirm_timeout=settings.publish_timeout,
-            connect_timeout=min(5.0, settings.publish_timeout),
-            observer=metrics,
-        )
+        publisher = build_publisher(settings, name="servio-bridge", observer=metrics)
         sink = DirectSink(publisher, timeout=settings.publish_timeout)
     runtime = Runtime(
         publisher,

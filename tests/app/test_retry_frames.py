@@ -7,7 +7,9 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from bridge.amqp.worker import ProcessPublisher, WorkerConfig
+from bridge.amqp.frames import Retry
+from bridge.amqp.process import ProcessPublisher
+from bridge.settings import Settings
 
 
 class Observed:
@@ -29,13 +31,11 @@ class TestRetryFrames:
         """Five retry frames of one class and one of another: six counts, one warning per class
         (the first), each with the number of retries since the last line."""
         observed = Observed()
-        publisher = ProcessPublisher(
-            WorkerConfig(("amqp://x/",), "servio", "k", False, 5.0, "json", (), ""), observer=observed
-        )
+        publisher = ProcessPublisher(Settings(amqp_urls=("amqp://x/",), routing_key="k"), observer=observed)
         with capture_logs() as logs:
             for _ in range(5):
-                publisher._handle({"retry": {"class": "closed", "error": "FRAME_ERROR"}})
-            publisher._handle({"retry": {"class": "nacked", "error": "nack"}})
+                publisher._handle(Retry("closed", "FRAME_ERROR"))
+            publisher._handle(Retry("nacked", "nack"))
         assert observed.retries == ["closed"] * 5 + ["nacked"]
         lines = [(e["failure_class"], e["retries"]) for e in logs if e["event"] == "publish_retrying"]
         assert lines == [("closed", 1), ("nacked", 1)]

@@ -7,9 +7,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from bridge.amqp.worker import _publish, _Reading, _receive, _Tally
+from bridge.amqp.frames import Answer, Ask, receive
+from bridge.amqp.worker import _publish, _Reading, _Tally
 from bridge.core.message import Outbound, encode_record
 from bridge.errors import BrokerUnavailable
+from bridge.spool.reader import Span
 from bridge.spool.store import Spool
 
 
@@ -29,7 +31,7 @@ class Raising:
 
 async def answer_to(
     publisher: Any, records: list[bytes], directory: Path, *, window: int | None = None
-) -> dict[str, Any]:
+) -> Answer:
     """What the child answers when asked for the batch of a spool that holds ``records``."""
     spool = Spool(directory, max_bytes=1 << 20)
     spool.open()
@@ -39,16 +41,15 @@ async def answer_to(
     reading = _Reading(spool.path)
     try:
         await spool.append(records)
-        frame = {"id": 7, "after": 0, "limit": 100, "within": 1.0, "window": window}
-        await _publish(publisher, _Tally(), reading, frame, writer)
-        answer = await asyncio.wait_for(_receive(reader), 5)
+        await _publish(publisher, _Tally(), reading, Ask(7, 0, 100, 1.0, window), writer)
+        answer = await asyncio.wait_for(receive(reader), 5)
     finally:
         reading.close()
         for end in (writer, parent_writer):
             end.close()
             await end.wait_closed()
         spool.close()
-    assert answer is not None
+    assert isinstance(answer, Answer)
     return answer
 
 
@@ -68,24 +69,24 @@ def record() -> bytes:
 class TestTheChildAlwaysAnswers:
     async def test_a_broker_error_is_answered_as_an_error(self, tmp_path: Path) -> None:
         answer = await answer_to(Raising(BrokerUnavailable("down")), [record()], tmp_path)
-        assert answer["id"] == 7
-        assert answer["error"] == "down"
-        assert answer["corrupt"] is None
+        assert answer.id == 7
+        assert answer.error == "down"
+        assert answer.corrupt is None
 
     async def test_an_unexpected_exception_is_answered_too(self, tmp_path: Path) -> None:
         """Anything else a publish raises still comes back as an error the drain retries on."""
         publisher = Raising(ValueError("surprise"))
         answer = await answer_to(publisher, [record()], tmp_path)
         assert publisher.calls == 1
-        assert answer["id"] == 7
-        assert "surprise" in answer["error"]
+        assert answer.id == 7
+        assert "surprise" in answer.error
 
     async def test_a_record_that_does_not_decode_is_answered_as_corrupt(self, tmp_path: Path) -> None:
         publisher = Raising(AssertionError("never called"))
         answer = await answer_to(publisher, [b'["not", "a record"]'], tmp_path)
         assert publisher.calls == 0
-        assert answer["corrupt"]
-        assert answer["error"] is None
+        assert answer.corrupt
+        assert answer.error is None
 
 
 class Recording:
@@ -107,9 +108,9 @@ class TestTheChildReadsTheSpool:
         publisher = Recording()
         records = [record(), record(), record()]
         answer = await answer_to(publisher, records, tmp_path)
-        assert answer["error"] is None
-        assert answer["corrupt"] is None
-        assert answer["span"] == [1, 3, 3, sum(len(r) for r in records)]
+        assert answer.error is None
+        assert answer.corrupt is None
+        assert answer.span == Span(1, 3, 3, sum(len(r) for r in records))
         assert [encode_record(m) for m in publisher.batches[0]] == records
 
     async def test_it_publishes_with_the_window_the_drain_asked_for(self, tmp_path: Path) -> None:
@@ -121,6 +122,6 @@ class TestTheChildReadsTheSpool:
     async def test_an_empty_spool_is_an_empty_span_and_no_publish(self, tmp_path: Path) -> None:
         publisher = Recording()
         answer = await answer_to(publisher, [], tmp_path)
-        assert answer["span"] == [0, 0, 0, 0]
-        assert answer["error"] is None
+        assert answer.span == Span(0, 0, 0, 0)
+        assert answer.error is None
         assert publisher.batches == []
