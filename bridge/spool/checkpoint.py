@@ -17,7 +17,7 @@ from typing import Protocol
 
 import structlog
 
-from bridge.spool.reserve import Reserve, free_bytes
+from bridge.spool.reserve import Room, free_bytes
 
 log = structlog.get_logger("bridge.spool.checkpoint")
 
@@ -33,23 +33,16 @@ ROOM_TO_RESUME = 1024 * 1024
 
 
 class Checkpointed(Protocol):
-    """The spool as its checkpointer sees it: ``disk_full``, ``entries`` and ``give_up_reserve``
-    from the checkpointer's thread, the rest called on the loop's thread."""
+    """The spool as its checkpointer sees it: ``entries`` read from the checkpointer's thread, the
+    rest called on the loop's thread."""
 
     path: Path
     directory: Path
 
     @property
-    def disk_full(self) -> bool: ...
-
-    @property
     def entries(self) -> int: ...
 
-    def give_up_reserve(self) -> bool: ...
-
     def compact(self) -> None: ...
-
-    def room_returned(self) -> None: ...
 
     def hold_writes(self) -> None: ...
 
@@ -60,11 +53,12 @@ class Checkpointer:
     """The checkpointer thread (``run``) of one spool, on its FULL connection ``conn``."""
 
     def __init__(
-        self, spool: Checkpointed, conn: sqlite3.Connection, reserve: Reserve, loop: asyncio.AbstractEventLoop
+        self, spool: Checkpointed, conn: sqlite3.Connection, room: Room, loop: asyncio.AbstractEventLoop
     ) -> None:
         self._spool = spool
         self._conn = conn
-        self._reserve = reserve
+        self._room = room
+        self._reserve = room.reserve
         self._loop = loop
         self._stopping = threading.Event()
         self._pause_taken = threading.Event()
@@ -81,7 +75,7 @@ class Checkpointer:
         while True:
             closing = self._stopping.wait(CHECKPOINT_EVERY)
             try:
-                if self._spool.disk_full and not closing:
+                if self._room.full and not closing:
                     self._look_for_room()
                 else:
                     _busy, pages, _copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -112,7 +106,9 @@ class Checkpointer:
         free = free_bytes(self._spool.directory)
         # Appends the WAL holds that the file has no room for yet: the reserve is for this first,
         # so that deletes then write over a WAL that starts over rather than one that grows.
-        if growth > free and (growth > free + self._reserve.size or not self._spool.give_up_reserve()):
+        if growth > free and (
+            growth > free + self._reserve.size or not self._room.give_up_reserve(self._spool.entries)
+        ):
             return
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         self.checkpoints += 1
@@ -120,7 +116,7 @@ class Checkpointer:
             return
         if free_bytes(self._spool.directory) + free_pages * page_size >= ROOM_TO_RESUME:
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._spool.room_returned)
+                self._loop.call_soon_threadsafe(self._room.returned)
 
     def _checkpoint_whole(self) -> None:
         """Hold the writer on the loop's thread, copy what is left of the WAL, let the writer go:

@@ -1,8 +1,9 @@
-"""Room held back on the spool's file system: a preallocated file given up when a delete needs room.
+"""Room on the spool's disk: whether appends have it, and a preallocated reserve file given up
+when a delete needs room.
 
-Without it a full disk could not even take the delete of what RabbitMQ confirmed (a delete in
-WAL mode writes pages too), and a restart on a full disk would publish its backlog for ever.
-See docs/spool.md ("The reserve") for its size.
+Without the reserve a full disk could not even take the delete of what RabbitMQ confirmed (a
+delete in WAL mode writes pages too), and a restart on a full disk would publish its backlog for
+ever. See docs/spool.md ("The reserve") for its size.
 """
 
 from __future__ import annotations
@@ -11,6 +12,12 @@ import contextlib
 import os
 import threading
 from pathlib import Path
+
+import structlog
+
+from bridge.errors import SpoolFull
+
+log = structlog.get_logger("bridge.spool.reserve")
 
 FILE_NAME = "spool.reserve"
 # A checkpoint of a WAL at its limit (8,192 pages, 32 MiB) plus the second of appends before the
@@ -66,6 +73,46 @@ class Reserve:
                 os.unlink(self.path)
             self._held = False
             return True
+
+
+class Room:
+    """Whether the spool's disk has room for appends: ``full`` once it refused a write or the
+    reserve was given up (either thread), cleared on the loop's thread once the checkpointer
+    finds room again."""
+
+    def __init__(self, spool_path: Path, reserve: Reserve, retry_after: int) -> None:
+        self.reserve = reserve
+        self.full = False
+        self._path = spool_path
+        self._retry_after = retry_after
+
+    def no_room(self) -> SpoolFull:
+        """The refusal of an append while the disk is full."""
+        return SpoolFull(
+            "spool_full", f"the disk of the spool {self._path.parent} is full", self._retry_after
+        )
+
+    def refused(self, entries: int) -> None:
+        """The disk refused a write; ``entries`` the spool holds."""
+        # Either thread: a flag the loop's thread reads, set once.
+        if not self.full:
+            self.full = True
+            log.warning("spool_disk_full", path=str(self._path), entries=entries)
+
+    def returned(self) -> None:
+        if self.full:
+            self.full = False
+            log.info("spool_room_returned", path=str(self._path))
+
+    def give_up_reserve(self, entries: int) -> bool:
+        """Delete the reserve file so a checkpoint, a delete or a compaction finds room; False if
+        there was none."""
+        if not self.reserve.give_up():
+            return False
+        log.warning("spool_reserve_released", path=str(self.reserve.path), bytes=self.reserve.size)
+        # Until the reserve is back, appends wait and checkpoints run only where they can finish.
+        self.refused(entries)
+        return True
 
 
 def free_bytes(directory: Path) -> int:

@@ -31,7 +31,7 @@ from bridge.errors import SpoolError, SpoolFull, Unavailable
 from bridge.spool.checkpoint import Checkpointer
 from bridge.spool.commit import SYNC_BUCKETS, GroupCommit, Row, SyncTimes
 from bridge.spool.reader import RETRY_DELAYS, Span, SpoolReader, SpoolStats
-from bridge.spool.reserve import DEFAULT_BYTES, Reserve
+from bridge.spool.reserve import DEFAULT_BYTES, Reserve, Room
 from bridge.spool.schema import (
     ENTRY_OVERHEAD,
     FILE_NAME,
@@ -76,10 +76,7 @@ class Spool:
         self.path = directory / FILE_NAME
         self._max_bytes = max_bytes
         self._retry_after = retry_after
-        self._reserve = Reserve(directory, reserve_bytes)
-        # Set on the loop's thread when the disk refused a write or the reserve was given up;
-        # cleared there once the checkpointer thread finds room again.
-        self._disk_full = False
+        self._room = Room(self.path, Reserve(directory, reserve_bytes), retry_after)
         self._lock_file: IO[bytes] | None = None
         self._writer: sqlite3.Connection | None = None  # the event loop's thread only
         self._reader: sqlite3.Connection | None = None
@@ -114,23 +111,23 @@ class Spool:
         self._lock_file = lock_directory(self.directory)
         # The reserve of the last run is this one's room to open on a full disk (the WAL index,
         # a WAL left by a kill); it is taken again below once the spool is open and checkpointed.
-        self._reserve.discard()
+        self._room.reserve.discard()
         self._writer = open_writer(self.path)
         self._reader = connect(self.path)  # the event loop's thread only: counts and the oldest entry
         self._checkpointer = connect(self.path, check_same_thread=False, synchronous="FULL")
         row = self._reader.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(record)), 0) FROM spool").fetchone()
         self._entries, record_bytes = int(row[0]), int(row[1])
         self._bytes = record_bytes + self._entries * ENTRY_OVERHEAD
-        if not self._reserve.take():
-            self._disk_full = True
-            log.warning("spool_disk_full", path=str(self.path), reserve_bytes=self._reserve.size)
+        if not self._room.reserve.take():
+            self._room.full = True
+            log.warning("spool_disk_full", path=str(self.path), reserve_bytes=self._room.reserve.size)
         try:
             self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise SpoolError(f"spool WAL file of {self.path} cannot be opened: {exc}") from None
         self._loop = asyncio.get_running_loop()
         self._commit.bind(self._wal_fd, self._loop)
-        self._checkpoints = Checkpointer(self, self._checkpointer, self._reserve, self._loop)
+        self._checkpoints = Checkpointer(self, self._checkpointer, self._room, self._loop)
         for target, name in (
             (self._commit.syncer.run, "spool-syncer"),
             (self._checkpoints.run, "spool-checkpointer"),
@@ -144,7 +141,7 @@ class Spool:
             entries=self._entries,
             bytes=self._bytes,
             quarantined=self._quarantined_count(),
-            disk_full=self._disk_full,
+            disk_full=self._room.full,
         )
 
     def close(self) -> None:
@@ -186,7 +183,7 @@ class Spool:
     @property
     def disk_full(self) -> bool:
         """The spool's disk refused a write and has not had room since: appends answer 503."""
-        return self._disk_full
+        return self._room.full
 
     @property
     def sync_times(self) -> SyncTimes:
@@ -221,8 +218,8 @@ class Spool:
         """
         if self._failed is not None:
             raise self._failed
-        if self._disk_full:
-            raise self._no_room()
+        if self._room.full:
+            raise self._room.no_room()
         size = sum(len(r) for r in records) + ENTRY_OVERHEAD * len(records)
         if self._bytes + size > self._max_bytes:
             raise SpoolFull(
@@ -267,7 +264,7 @@ class Spool:
                 counts = self._write(statements)
                 break
             except DiskFull:
-                if self.give_up_reserve():
+                if self._room.give_up_reserve(self._entries):
                     continue
                 log.warning("spool_remove_waiting", reason="disk_full", first=span.first, last=span.last)
             except Busy:
@@ -320,8 +317,8 @@ class Spool:
         """Answer appends whose transaction was rolled back, busy or ``full``: nothing of them was
         kept."""
         if full:
-            self._enter_disk_full()
-            error: Unavailable = self._no_room()
+            self._room.refused(self._entries)
+            error: Unavailable = self._room.no_room()
         else:
             error = Unavailable("spool_busy", "the spool is locked", self._retry_after)
         self._entries -= len(rows)
@@ -329,30 +326,6 @@ class Spool:
         for future in futures:
             if not future.done():
                 future.set_exception(error)
-
-    def _no_room(self) -> SpoolFull:
-        return SpoolFull("spool_full", f"the disk of the spool {self.directory} is full", self._retry_after)
-
-    def _enter_disk_full(self) -> None:
-        # Either thread: a flag the loop's thread reads, set once.
-        if not self._disk_full:
-            self._disk_full = True
-            log.warning("spool_disk_full", path=str(self.path), entries=self._entries)
-
-    def room_returned(self) -> None:
-        if self._disk_full:
-            self._disk_full = False
-            log.info("spool_room_returned", path=str(self.path))
-
-    def give_up_reserve(self) -> bool:
-        """Delete the reserve file so a checkpoint, a delete or a compaction finds room; False if
-        there was none."""
-        if not self._reserve.give_up():
-            return False
-        log.warning("spool_reserve_released", path=str(self._reserve.path), bytes=self._reserve.size)
-        # Until the reserve is back, appends wait and checkpoints run only where they can finish.
-        self._enter_disk_full()
-        return True
 
     def _fail(self, error: SpoolError) -> SpoolError:
         if self._failed is None:
@@ -386,7 +359,7 @@ class Spool:
         try:
             self._writer.execute("VACUUM")
         except sqlite3.Error as exc:
-            if not (is_full(exc) and self.give_up_reserve()):
+            if not (is_full(exc) and self._room.give_up_reserve(self._entries)):
                 log.warning("spool_compact_failed", error=str(exc))
                 return
             try:
