@@ -5,26 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Protocol
+from typing import Any
 
+from bridge.amqp.seams import PublishObserver
 from bridge.amqp.wire import holds_back, outcome
 from bridge.core.message import Outbound
-
-
-class PublishObserver(Protocol):
-    """What the publisher reports as it goes (metrics); every call must be cheap and never raise."""
-
-    def confirmed(self, message: Outbound, seconds: float) -> None:
-        """``message`` was confirmed ``seconds`` after it was sent."""
-        ...
-
-    def retried(self, failure_class: str = "other") -> None:
-        """A publish attempt failed (``failure_class``) and will be tried again."""
-        ...
-
-    def refused(self, reason: str, n: int) -> None:
-        """``n`` messages were refused for good (``reason``)."""
-        ...
 
 
 class Batch:

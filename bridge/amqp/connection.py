@@ -10,7 +10,6 @@ from typing import Any
 
 import aio_pika
 import structlog
-import tenacity
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from yarl import URL
 
@@ -58,27 +57,8 @@ class BrokerConnection:
     def blocked(self) -> bool:
         return self._blocked
 
-    async def supervise(self, *, poll: float = 0.25) -> None:
-        """Keep a connection open even when nothing is published, until cancelled.
-
-        Reconnects in turn over the URLs with exponential back-off, and notices blocked and
-        unblocked connections, so readiness and metrics follow the broker with no traffic.
-        """
-        retrying = tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception_type(BrokerUnavailable),
-            wait=tenacity.wait_random_exponential(multiplier=0.2, max=5.0),
-            stop=tenacity.stop_never,
-            reraise=True,
-        )
-        while not self.closed:
-            if not self.connected:
-                async for attempt in retrying:
-                    with attempt:
-                        await self.channel()
-            self._watch_blocked()
-            await asyncio.sleep(poll)
-
-    def _watch_blocked(self) -> None:
+    def watch_blocked(self) -> None:
+        """Notice a blocked or unblocked connection (polled: aiormq offers no callback)."""
         blocked = connection_blocked(self._connection)
         if blocked == self._blocked:
             return

@@ -1,7 +1,7 @@
 """Publishing to RabbitMQ with publisher confirms, retried until confirmed.
 
-The only module that uses tenacity for publishing; with ``bridge.amqp.connection``, ``wire`` and
-``broker`` the only ones that touch aio-pika. Its callers see ``BrokerError`` subclasses and
+The only module that uses tenacity; with ``bridge.amqp.connection``, ``wire`` and ``broker`` the
+only ones that touch aio-pika. Its callers see ``BrokerError`` subclasses and
 nothing of aio-pika's own exceptions. ``build_publisher`` is the one way to make one from Settings.
 """
 
@@ -11,26 +11,19 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 import tenacity
 
-from bridge.amqp.batch import Batch, PublishObserver
+from bridge.amqp.batch import Batch
 from bridge.amqp.connection import BrokerConnection
-from bridge.amqp.wire import AMQP_ERRORS, Unencodable, Wire, describe, failure_class
+from bridge.amqp.seams import Publisher, PublishObserver, SupervisedPublisher
+from bridge.amqp.wire import AMQP_ERRORS, Unsendable, Wire, describe, failure_class, translate
 from bridge.core.message import Outbound, invalid_queue
-from bridge.core.refusals import CLOSED, NACKED, RETURNED, TOO_LARGE, Ledger, Refusal, RetryBudget, cut
+from bridge.core.refusals import CLOSED, TOO_LARGE, Ledger, Refusal, RetryBudget, cut
 from bridge.core.topology import Topology, build_topology
-from bridge.errors import (
-    BrokerError,
-    BrokerUnavailable,
-    ConfirmTimeout,
-    MessageNacked,
-    MessageRefused,
-    MessageReturned,
-)
+from bridge.errors import BrokerError, BrokerUnavailable, MessageNacked, MessageRefused, MessageReturned
 from bridge.settings import Settings
 
 __all__ = [
@@ -43,45 +36,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("bridge.amqp.publisher")
-
-
-class Publisher(Protocol):
-    """Where messages go; ``publish`` returns only once every message is confirmed."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    async def publish(
-        self, messages: Sequence[Outbound], *, deadline: float | None = None
-    ) -> Sequence[Refusal]:
-        """Publish all ``messages``, retrying until each is confirmed or refused for good.
-
-        Returns:
-            The messages refused even as dead letters (by index), for the caller to keep.
-
-        Raises:
-            BrokerError: ``deadline`` (a ``time.monotonic()`` value) passed first.
-        """
-        ...
-
-
-class SupervisedPublisher(Protocol):
-    """What the service runs, stops and watches, whether it publishes in process
-    (``AmqpPublisher``) or in a child (``bridge.amqp.process.ProcessPublisher``)."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    @property
-    def blocked(self) -> bool:
-        """RabbitMQ has blocked the connection (a memory or disk alarm)."""
-        ...
-
-    async def supervise(self) -> None:
-        """Keep the connection (or the child) up until cancelled."""
-        ...
-
-    async def close(self) -> None: ...
 
 
 def build_publisher(
@@ -97,15 +51,6 @@ def build_publisher(
         observer=observer,
         log_blocked=log_blocked,
     )
-
-
-class _Unsendable(Exception):
-    """A message the broker could not take as it is; never sent."""
-
-    def __init__(self, reason: str, error: str) -> None:
-        super().__init__(error)
-        self.reason = reason
-        self.error = error
 
 
 class AmqpPublisher:
@@ -150,7 +95,6 @@ class AmqpPublisher:
         self._window = window
         self._confirm_timeout = confirm_timeout
         self._observer = observer
-        self._last_timestamp = (-1, datetime.fromtimestamp(0, UTC))
 
     @property
     def connected(self) -> bool:
@@ -162,8 +106,24 @@ class AmqpPublisher:
         return self._link.blocked
 
     async def supervise(self, *, poll: float = 0.25) -> None:
-        """Keep a connection open even when nothing is published, until cancelled."""
-        await self._link.supervise(poll=poll)
+        """Keep a connection open even when nothing is published, until cancelled.
+
+        Reconnects in turn over the URLs with exponential back-off, and notices blocked and
+        unblocked connections, so readiness and metrics follow the broker with no traffic.
+        """
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(BrokerUnavailable),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=5.0),
+            stop=tenacity.stop_never,
+            reraise=True,
+        )
+        while not self._link.closed:
+            if not self._link.connected:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._link.channel()
+            self._link.watch_blocked()
+            await asyncio.sleep(poll)
 
     async def connect(self) -> None:
         """Open the connection now (start-up); failure is logged, publish will try again."""
@@ -248,7 +208,7 @@ class AmqpPublisher:
         self._settle(ledger, batch)
         if batch.failure is None:
             return None
-        err = _translate(batch.failure)
+        err = translate(batch.failure)
         if isinstance(err, MessageReturned | MessageRefused):
             self._link.stale = True
         if not isinstance(err, MessageNacked | MessageReturned):
@@ -309,7 +269,7 @@ class AmqpPublisher:
                     break  # an earlier message of this (entity, ID) is not confirmed yet
                 try:
                     frames = self._frames(wire, message, frame_max)
-                except _Unsendable as exc:
+                except Unsendable as exc:
                     batch.unsendable.append((next_index, exc.reason, exc.error))
                     next_index += 1
                     continue
@@ -332,12 +292,9 @@ class AmqpPublisher:
         """The message's frames, marshalled.
 
         Raises:
-            _Unsendable: the broker could not take it as it is (``_check``).
+            Unsendable: the broker could not take it as it is (``_check``).
         """
-        try:
-            method, header, bodies = wire.encode(message, self._timestamp(message.timestamp))
-        except Unencodable as exc:
-            raise _Unsendable(exc.reason, str(exc)) from None
+        method, header, bodies = wire.encode(message)
         self._check(message, frame_max, header)
         return b"".join((method, header, *bodies))
 
@@ -346,30 +303,9 @@ class AmqpPublisher:
         and RabbitMQ answers it by closing the whole connection (FRAME_ERROR, frame_too_large).
 
         Raises:
-            _Unsendable: it would not fit.
+            Unsendable: it would not fit.
         """
         if frame_max and len(header) > frame_max:
-            raise _Unsendable(
+            raise Unsendable(
                 TOO_LARGE, f"content header frame of {len(header)} bytes exceeds frame_max {frame_max}"
             )
-
-    def _timestamp(self, seconds: int) -> datetime:
-        # pamqp wants a datetime; the messages of one batch mostly share their second.
-        if seconds != self._last_timestamp[0]:
-            self._last_timestamp = (seconds, datetime.fromtimestamp(seconds, UTC))
-        return self._last_timestamp[1]
-
-
-def _translate(exc: BaseException) -> BrokerError:
-    if isinstance(exc, BrokerError):
-        return exc
-    kind = failure_class(exc)
-    if kind == RETURNED:
-        return MessageReturned(str(exc))
-    if kind == NACKED:
-        return MessageNacked(f"broker refused the message: {exc!r}")
-    if kind == CLOSED:
-        return MessageRefused(f"broker closed the channel: {exc!r}")
-    if isinstance(exc, asyncio.TimeoutError):
-        return ConfirmTimeout("no confirm in time")
-    return BrokerUnavailable(f"publish failed: {exc!r}")

@@ -10,9 +10,10 @@ and pyproject.toml declares aiormq, pamqp and yarl with the range that test pass
 from __future__ import annotations
 
 import asyncio
+import functools
 import struct
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aiormq
@@ -24,6 +25,14 @@ from pamqp.header import ContentHeader
 
 from bridge.core.message import Outbound
 from bridge.core.refusals import CLOSED, INVALID_FIELD, NACKED, RETURNED, cut
+from bridge.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfirmTimeout,
+    MessageNacked,
+    MessageRefused,
+    MessageReturned,
+)
 
 _X = aiormq.exceptions
 # OSError covers ConnectionError and TimeoutError; aiormq raises RuntimeError on a closed channel.
@@ -50,10 +59,19 @@ class Returned(Exception):
     """A confirm that came back as a basic.return."""
 
 
-class Unencodable(Exception):
-    """A field AMQP cannot carry (``INVALID_FIELD``); the message is never sent."""
+class Unsendable(Exception):
+    """A message the broker could not take as it is (``reason``); it is never sent."""
 
-    reason = INVALID_FIELD
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+
+
+@functools.lru_cache(maxsize=4)
+def _stamp(seconds: int) -> datetime:
+    # pamqp wants a datetime; the messages of one batch mostly share their second.
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 class Wire:
@@ -91,11 +109,11 @@ class Wire:
         confirmation.add_done_callback(forget)
         return confirmation
 
-    def encode(self, message: Outbound, timestamp: datetime) -> tuple[bytes, bytes, Iterable[bytes]]:
+    def encode(self, message: Outbound) -> tuple[bytes, bytes, Iterable[bytes]]:
         """The message's method frame, content header frame and body frames, marshalled.
 
         Raises:
-            Unencodable: pamqp refuses a short string over 255 bytes (routing key, exchange,
+            Unsendable: pamqp refuses a short string over 255 bytes (routing key, exchange,
                 message_id, a header's name) and values it has no AMQP type for.
         """
         number = self._channel.number
@@ -105,7 +123,7 @@ class Wire:
                 delivery_mode=message.delivery_mode,
                 app_id=message.app_id,
                 message_id=message.message_id,
-                timestamp=timestamp,
+                timestamp=_stamp(message.timestamp),
                 headers=dict(message.headers) if message.headers else None,
             )
             method = pamqp.frame.marshal(
@@ -118,7 +136,7 @@ class Wire:
                 ContentHeader(properties=properties, body_size=len(message.body)), number
             )
         except (TypeError, ValueError, struct.error) as exc:
-            raise Unencodable(f"cannot be encoded: {exc}") from None
+            raise Unsendable(INVALID_FIELD, f"cannot be encoded: {exc}") from None
         bodies = (pamqp.frame.marshal(body, number) for body in self._channel._split_body(message.body))
         return method, header, bodies
 
@@ -173,3 +191,19 @@ def failure_class(exc: BaseException) -> str:
 
 def describe(exc: BaseException) -> str:
     return cut(repr(exc) if isinstance(exc, _X.AMQPError) else str(exc), 512)
+
+
+def translate(exc: BaseException) -> BrokerError:
+    """The bridge's own error for a failed publish: nothing of aiormq's leaves the amqp package."""
+    if isinstance(exc, BrokerError):
+        return exc
+    kind = failure_class(exc)
+    if kind == RETURNED:
+        return MessageReturned(str(exc))
+    if kind == NACKED:
+        return MessageNacked(f"broker refused the message: {exc!r}")
+    if kind == CLOSED:
+        return MessageRefused(f"broker closed the channel: {exc!r}")
+    if isinstance(exc, asyncio.TimeoutError):
+        return ConfirmTimeout("no confirm in time")
+    return BrokerUnavailable(f"publish failed: {exc!r}")

@@ -19,7 +19,7 @@ from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
-from bridge.amqp.wire import REFUSING_CLOSES, Returned, Unencodable, Wire, connection_blocked, outcome
+from bridge.amqp.wire import REFUSING_CLOSES, Returned, Unsendable, Wire, connection_blocked, outcome
 from bridge.core.message import Outbound
 from tests.conftest import AMQP_URL, bind_all
 
@@ -104,7 +104,7 @@ class TestOnTheBroker:
             confirmations = []
             chunk = []
             for message in messages:
-                method, header, bodies = wire.encode(message, stamp(message))
+                method, header, bodies = wire.encode(message)
                 chunk.append(b"".join((method, header, *bodies)))
                 confirmations.append(wire.register(message.message_id))
             await wire.write(b"".join(chunk))
@@ -131,7 +131,7 @@ class TestOnTheBroker:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=False)
             wire = await Wire.of(channel)
             message = outbound(exchange_name, 1)
-            method, header, bodies = wire.encode(message, stamp(message))
+            method, header, bodies = wire.encode(message)
             confirmation = wire.register(message.message_id)
             await wire.write(b"".join((method, header, *bodies)))
             async with asyncio.timeout(10):
@@ -155,12 +155,12 @@ class TestOnTheBroker:
         assert connection_blocked(connection) is False
 
     async def test_a_short_string_over_255_bytes_is_unencodable(self) -> None:
-        """pamqp still refuses what AMQP cannot carry, and the wire says so as ``Unencodable``."""
+        """pamqp still refuses what AMQP cannot carry, and the wire says so as ``Unsendable``."""
         connection = await aio_pika.connect(AMQP_URL)
         try:
             wire = await Wire.of(await connection.channel(publisher_confirms=True))
             message = outbound("e", 1, routing_key="k" * 256)
-            with pytest.raises(Unencodable):
-                wire.encode(message, stamp(message))
+            with pytest.raises(Unsendable):
+                wire.encode(message)
         finally:
             await connection.close()
