@@ -11,7 +11,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bridge.core.deadletter import REJECTED_PARTS, RejectedParts, build_invalid_body, build_rejections
-from bridge.core.outbound import JSON, Outbound, Webhook, compact_json, invalid_queue, received_at_text
+from bridge.core.outbound import (
+    APP_ID,
+    JSON,
+    PERSISTENT,
+    RAW,
+    Outbound,
+    Webhook,
+    compact_json,
+    invalid_queue,
+    received_at_text,
+)
 from bridge.core.payload import Event, Payload
 from bridge.core.record import decode_record, encode_record
 
@@ -29,7 +39,10 @@ __all__ = [  # noqa: RUF022 - grouped: this module's own names, then those kept 
     "render_routing_key",
     # Importers that still take these from here, though the dead letters, the webhook and the
     # spool record have modules of their own.
+    "APP_ID",
     "JSON",
+    "PERSISTENT",
+    "RAW",
     "REJECTED_PARTS",
     "Delivery",
     "RejectedParts",
