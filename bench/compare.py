@@ -31,7 +31,7 @@ from broker import Broker, pipelined_publish
 from cpu import broker_pids, per_request, sample
 from disk import describe, fsync_probe, spool_syncs, sync_buckets
 from load import PATH, LoadResult, run_load, wrk_available
-from proxy import LateProxy
+from proxy import TcpProxy, free_port
 from report import markdown, summarise, verdicts
 
 MB = 1024 * 1024
@@ -141,13 +141,13 @@ async def outage(args: argparse.Namespace, broker: Broker, prefix: str, tmp: Pat
     exchange = f"{prefix}.outage"
     queue = await broker.counting_queue(exchange, bridge_style=True)
     broker.forget_later(queues=(f"{exchange}.unrouted", f"{exchange}.invalid"))
-    proxy_port = targets.free_port()
+    proxy_port = free_port()
     amqp = args.amqp_url.replace("127.0.0.1:5672", f"127.0.0.1:{proxy_port}")
     spool_dir = tmp / "outage-spool"
     target = targets.bridge(
-        targets.free_port(), tmp / "outage.log", amqp_url=amqp, exchange=exchange, spool_dir=spool_dir
+        free_port(), tmp / "outage.log", amqp_url=amqp, exchange=exchange, spool_dir=spool_dir
     )
-    proxy = LateProxy(proxy_port, ("127.0.0.1", 5672))
+    proxy = TcpProxy(5672, port=proxy_port)
     samples: list[tuple[float, int, int | None]] = []
     await target.start()
     try:
@@ -163,7 +163,7 @@ async def outage(args: argparse.Namespace, broker: Broker, prefix: str, tmp: Pat
             await asyncio.wait([loading], timeout=1.0)
             samples.append((time.time(), target.rss(), await asyncio.to_thread(spool_entries, spool_dir)))
         load = loading.result()
-        await proxy.open()
+        await proxy.accept()
         reopened = time.time()
         done = await broker.wait_for(queue, load.accepted_messages, timeout=max(E2E_TIMEOUT, args.outage * 4))
         delivered = await broker.settled_count(queue)
@@ -244,10 +244,10 @@ async def main(args: argparse.Namespace) -> int:
                 result: dict[str, Any] = {"disk": await asyncio.to_thread(fsync_probe, tmp / "disk")}
                 print(f"round {n} disk: {describe(result['disk'])}", flush=True)
                 runs = [
-                    (targets.ceiling(targets.free_port(), tmp / f"ceiling-{n}.log"), None),
+                    (targets.ceiling(free_port(), tmp / f"ceiling-{n}.log"), None),
                     (
                         targets.naive(
-                            targets.free_port(),
+                            free_port(),
                             tmp / f"naive-{n}.log",
                             amqp_url=args.amqp_url,
                             exchange=naive_ex,
@@ -256,7 +256,7 @@ async def main(args: argparse.Namespace) -> int:
                     ),
                     (
                         targets.bridge(
-                            targets.free_port(),
+                            free_port(),
                             tmp / f"bridge-{n}.log",
                             amqp_url=args.amqp_url,
                             exchange=bridge_ex,

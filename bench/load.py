@@ -1,4 +1,5 @@
-"""The load: wrk when it is installed, else a Python generator in a process of its own.
+"""The load of webhooks, for the benchmark and the tests alike: wrk when it is installed, else
+``Load``, the Python generator (in a process of its own when the benchmark runs it).
 
 Either way each request is one Servio guest update with one fresh ID, so every 2xx answer means
 exactly one message that must reach the queue. Run as a script, this module is the generator and
@@ -9,16 +10,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-PATH = "/webhooks/servio/bench"
+import aiohttp
+
+SOURCE = "bench"
+PATH = f"/webhooks/servio/{SOURCE}"
 IDS_PER_REQUEST = 1
 MARK = "BENCH_RESULT "
 GENERATOR = str(Path(__file__).resolve())
@@ -131,7 +136,7 @@ async def _run_python(base_url: str, *, seconds: float, connections: int) -> Loa
         sys.executable,
         GENERATOR,
         "--url",
-        base_url + PATH,
+        base_url,
         "--seconds",
         str(seconds),
         "--connections",
@@ -164,48 +169,80 @@ def _marked(out: str) -> dict[str, float]:
     raise RuntimeError(f"the load generator printed no result:\n{out[-2000:]}")
 
 
-# -- the Python generator, in its own process -------------------------------------------------
+# -- the Python generator ----------------------------------------------------------------------
 
 
-async def generate(url: str, *, seconds: float, connections: int) -> dict[str, float]:
-    """``connections`` keep-alive workers posting back to back; latencies of every answer."""
-    import aiohttp
+@dataclass
+class Load:
+    """Posts one guest update per webhook, each with a fresh ID, over keep-alive connections;
+    remembers which IDs were answered 200, what else was answered, and each answer's latency."""
 
-    latencies: list[float] = []
-    counts = {"requests": 0, "non2xx": 0, "errors": 0}
-    connector = aiohttp.TCPConnector(limit=connections)
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        started = time.time()
-        t0 = time.perf_counter()
-        end = t0 + seconds
+    base_url: str
+    source: str = "load"
+    accepted: set[int] = field(default_factory=set)
+    refused: int = 0  # answered, but not 200
+    failed: int = 0  # no answer at all
+    statuses: dict[int, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-        async def worker(n: int) -> None:
-            counter = 0
-            while time.perf_counter() < end:
-                counter += 1
-                body = body_for(n * 100_000_000 + counter)
-                sent = time.perf_counter()
-                try:
-                    async with http.post(url, data=body) as response:
-                        await response.read()
-                        status = response.status
-                except (aiohttp.ClientError, OSError, TimeoutError):
-                    counts["errors"] += 1
-                    await asyncio.sleep(0.01)
-                    continue
-                latencies.append(time.perf_counter() - sent)
-                counts["requests"] += 1
-                if not 200 <= status < 300:
-                    counts["non2xx"] += 1
+    async def post_one(self, http: aiohttp.ClientSession, id_: int) -> None:
+        sent = time.perf_counter()
+        try:
+            url = f"{self.base_url}/webhooks/servio/{self.source}"
+            async with http.post(url, data=body_for(id_)) as response:
+                await response.read()
+                status = response.status
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            self.failed += 1
+            await asyncio.sleep(0.02)  # the bridge is down: do not spin
+            return
+        self.latencies.append(time.perf_counter() - sent)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status == 200:
+            self.accepted.add(id_)
+        else:
+            self.refused += 1
 
-        await asyncio.gather(*(worker(n) for n in range(connections)))
-        duration = time.perf_counter() - t0
-    latencies.sort()
+    async def run(
+        self, *, count: int | None = None, seconds: float | None = None, concurrency: int = 8
+    ) -> None:
+        """Post ``count`` webhooks, or as many as fit in ``seconds``, ``concurrency`` at a time."""
+        loop = asyncio.get_running_loop()
+        end = None if seconds is None else loop.time() + seconds
+        remaining = count
+
+        async def worker(http: aiohttp.ClientSession) -> None:
+            nonlocal remaining
+            while True:
+                if end is not None and loop.time() > end:
+                    return
+                if remaining is not None:
+                    if remaining <= 0:
+                        return
+                    remaining -= 1
+                await self.post_one(http, next(self._ids))
+
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+            await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+
+
+async def generate(base_url: str, *, seconds: float, connections: int) -> dict[str, float]:
+    """``Load`` for ``seconds`` at ``connections``, as the figures ``LoadResult`` holds."""
+    load = Load(base_url, source=SOURCE)
+    started = time.time()
+    t0 = time.perf_counter()
+    await load.run(seconds=seconds, concurrency=connections)
+    duration = time.perf_counter() - t0
+    latencies = sorted(load.latencies)
     return {
         "started": started,
         "duration_s": duration,
-        **counts,
+        "requests": len(latencies),
+        "non2xx": load.refused,
+        "errors": load.failed,
         "p50_ms": percentile(latencies, 50) * 1000,
         "p99_ms": percentile(latencies, 99) * 1000,
     }
@@ -220,7 +257,7 @@ def percentile(sorted_values: list[float], pct: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="The Python load generator (used when wrk is missing).")
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", required=True, help="the bridge's base URL")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()

@@ -1,30 +1,67 @@
-"""A broker that is not there, then is: a port that refuses until ``open()`` forwards it to RabbitMQ."""
+"""TCP ports a test or a benchmark controls: a free one, and a proxy that forwards to a target until
+told to refuse or cut, to make broker outages on purpose."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 
-class LateProxy:
-    """127.0.0.1:``port`` refuses connections (nothing listens) until ``open()``."""
+def free_port() -> int:
+    """A TCP port nothing listens on right now (connections to it are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    def __init__(self, port: int, target: tuple[str, int]) -> None:
+
+class TcpProxy:
+    """Forwards 127.0.0.1:``port`` to ``target``; ``refuse()``, ``cut()`` and ``accept()`` change that.
+
+    - ``accept()``: listen (again) on ``port``; before it, nothing listens and connections are refused;
+    - ``refuse()``: stop listening and cut every connection (the broker is unreachable);
+    - ``cut()``: cut every open connection but keep listening (a dropped connection).
+
+    ``port`` 0 takes a free port on ``start()``.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", *, port: int = 0) -> None:
+        self.target = (target_host, target_port)
         self.port = port
-        self.target = target
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.connections = 0
 
-    async def open(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+    async def start(self) -> TcpProxy:
+        if self.port == 0:
+            self.port = free_port()
+        await self.accept()
+        return self
 
-    async def close(self) -> None:
+    async def accept(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(
+                self._handle, "127.0.0.1", self.port, reuse_address=True
+            )
+
+    async def refuse(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._server is not None:
             await self._server.wait_closed()
+            self._server = None
+        self.cut()
+
+    def cut(self) -> None:
+        for writer in list(self._writers):
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        await self.refuse()
+        for task in list(self._pipes):
+            task.cancel()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -32,21 +69,24 @@ class LateProxy:
         except OSError:
             writer.transport.abort()
             return
-        pipes = {
-            asyncio.create_task(_pipe(reader, up_writer)),
-            asyncio.create_task(_pipe(up_reader, writer)),
-        }
-        self._tasks.update(pipes)
+        self.connections += 1
+        self._writers.update((writer, up_writer))
+        pipes = [
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        ]
+        self._pipes.update(pipes)
         await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
         for task in pipes:
             task.cancel()
-            self._tasks.discard(task)
+            self._pipes.discard(task)
         for w in (writer, up_writer):
+            self._writers.discard(w)
             w.transport.abort()
 
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()

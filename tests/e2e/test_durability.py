@@ -22,12 +22,13 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from bench.load import Load
+from bench.proxy import TcpProxy, free_port
 from tests.broker import BrokerNode
-from tests.conftest import Collected, bind_all, free_port
+from tests.conftest import Collected, bind_all
 from tests.disk import fill_the_disk, mounted_tmpfs
-from tests.e2e.load import Load, delivered_ids, reconcile
 from tests.e2e.process import BridgeProcess
-from tests.proxy import TcpProxy
+from tests.e2e.reconciliation import delivered_ids, reconcile
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import free_port
+from bench.proxy import free_port
 from tests.e2e.process import BridgeProcess
 
 pytestmark = pytest.mark.slow

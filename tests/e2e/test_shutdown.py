@@ -12,7 +12,8 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from tests.conftest import AMQP_URL, bind_all, free_port
+from bench.proxy import free_port
+from tests.conftest import AMQP_URL, bind_all
 from tests.e2e.process import BridgeProcess
 
 pytestmark = pytest.mark.slow

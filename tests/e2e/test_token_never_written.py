@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from tests.conftest import bind_all, free_port
+from bench.proxy import free_port
+from tests.conftest import bind_all
 
 TOKEN = "e2e-Secret/Token+0123456789"  # noqa: S105 - a made-up token of this test; has URL-escaped chars
 BODY = b'{"Add":{"Guests":[1,"x"]},"Update":null,"Delete":null}'

@@ -14,12 +14,12 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from aiohttp.test_utils import TestClient
 
+from bench.proxy import TcpProxy, free_port
 from bridge.settings import Settings
-from tests.conftest import AMQP_URL, bind_all, collect, free_port
+from tests.conftest import AMQP_URL, bind_all, collect
 from tests.integration.conftest import BridgeFactory
 from tests.integration.serving import serving
 from tests.prom import sample
-from tests.proxy import TcpProxy
 
 Client = TestClient[Any, Any]
 BROKER_PORT = int(AMQP_URL.rsplit(":", 1)[1].split("/")[0])

@@ -12,7 +12,8 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from tests.conftest import bind_all, collect, free_port
+from bench.proxy import free_port
+from tests.conftest import bind_all, collect
 from tests.integration.conftest import BridgeFactory
 from tests.seed import EXPECTED, seed_payloads
 
