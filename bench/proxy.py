@@ -20,7 +20,9 @@ class TcpProxy:
 
     - ``accept()``: listen (again) on ``port``; before it, nothing listens and connections are refused;
     - ``refuse()``: stop listening and cut every connection (the broker is unreachable);
-    - ``cut()``: cut every open connection but keep listening (a dropped connection).
+    - ``cut()``: cut every open connection but keep listening (a dropped connection);
+    - ``flowing.clear()``: go silent, connections open and nothing passing (a vanished peer),
+      until ``flowing.set()``.
 
     ``port`` 0 takes a free port on ``start()``.
     """
@@ -32,6 +34,8 @@ class TcpProxy:
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     async def start(self) -> TcpProxy:
         if self.port == 0:
@@ -84,9 +88,10 @@ class TcpProxy:
             self._writers.discard(w)
             w.transport.abort()
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await reader.read(65536):
+                if not self.flowing.is_set():
+                    await self.flowing.wait()
                 writer.write(data)
                 await writer.drain()

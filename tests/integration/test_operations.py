@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,25 +24,9 @@ Client = TestClient[Any, Any]
 BROKER_PORT = int(AMQP_URL.rsplit(":", 1)[1].split("/")[0])
 
 
-class FreezingProxy(TcpProxy):
-    """A proxy that can also go silent: connections stay open, nothing passes (a vanished peer)."""
-
-    def __init__(self, target_port: int) -> None:
-        super().__init__(target_port)
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:  # type: ignore[override]
-        with contextlib.suppress(ConnectionError, OSError):
-            while data := await reader.read(65536):
-                await self.flowing.wait()
-                writer.write(data)
-                await writer.drain()
-
-
 @pytest.fixture
-async def proxy() -> AsyncIterator[FreezingProxy]:
-    started = FreezingProxy(BROKER_PORT)
+async def proxy() -> AsyncIterator[TcpProxy]:
+    started = TcpProxy(BROKER_PORT)
     await started.start()
     yield started
     started.flowing.set()
@@ -82,7 +65,7 @@ class TestReadiness:
     async def test_outage_with_no_traffic(
         self,
         bridge: BridgeFactory,
-        proxy: FreezingProxy,
+        proxy: TcpProxy,
         tmp_path: Path,
         amqp_channel: AbstractChannel,
         exchange_name: str,
@@ -109,7 +92,7 @@ class TestReadiness:
         print(f"broker_disconnected after {went_down:.2f}s of refusal, clear {came_back:.2f}s after accept")
         assert went_down < 3
 
-    async def test_outage_without_a_spool_refuses(self, bridge: BridgeFactory, proxy: FreezingProxy) -> None:
+    async def test_outage_without_a_spool_refuses(self, bridge: BridgeFactory, proxy: TcpProxy) -> None:
         """Without a spool nothing can be kept while the broker is away: /readyz 503, blocking."""
         async with bridge(amqp_urls=(via(proxy),)) as client:
             assert (await client.get("/readyz")).status == 200
@@ -120,7 +103,7 @@ class TestReadiness:
             await status_within(client, "/readyz", 200, within=10)
 
     async def test_silent_broker_is_noticed_by_heartbeats(
-        self, bridge: BridgeFactory, proxy: FreezingProxy, tmp_path: Path, amqp_channel: AbstractChannel
+        self, bridge: BridgeFactory, proxy: TcpProxy, tmp_path: Path, amqp_channel: AbstractChannel
     ) -> None:
         """A broker that falls silent (no FIN, no RST) is named in /readyz within ~10 s through heartbeats."""
         async with bridge(amqp_urls=(via(proxy),), spool_dir=tmp_path / "spool") as client:
@@ -138,7 +121,7 @@ class TestMetricsMove:
     async def test_webhooks_dead_letters_and_an_outage(
         self,
         bridge: BridgeFactory,
-        proxy: FreezingProxy,
+        proxy: TcpProxy,
         tmp_path: Path,
         amqp_channel: AbstractChannel,
         exchange_name: str,
@@ -218,7 +201,7 @@ class TestFailover:
     async def test_fails_over_when_the_connected_node_goes(
         self,
         bridge: BridgeFactory,
-        proxy: FreezingProxy,
+        proxy: TcpProxy,
         tmp_path: Path,
         amqp_channel: AbstractChannel,
         exchange_name: str,
