@@ -224,8 +224,7 @@ class Runtime:
             broker_blocked=self.publisher.blocked,
             ready=not self.blocking(problems),
             spool_sync=self.spool.sync_times if self.spool is not None else None,
-            # SpoolStats.quarantined arrives with the quarantine table; until then there is none.
-            spool_quarantined=int(getattr(stats, "quarantined", 0)) if stats else 0,
+            spool_quarantined=stats.quarantined if stats else 0,
             drain_stalled="drain_stalled" in problems,
             last_confirm=self.metrics.last_confirm,
             loop_lag=self.monitor.lag,
