@@ -228,8 +228,9 @@ def normalize_name(key: str) -> str | None:
         return _NAMES[key]
     except KeyError:
         pass
-    name = key.strip().lower()
-    result = name if _NAME.fullmatch(name) else None
+    name = key.strip()
+    # Only ASCII is lower-cased: "\u212alients" (a Kelvin sign) must not become "klients".
+    result = name.lower() if name.isascii() and _NAME.fullmatch(name.lower()) else None
     if len(_NAMES) < _NAMES_KEPT and len(key) <= 128:
         _NAMES[key] = result
     return result

@@ -247,6 +247,8 @@ class TestShapes:
             pytest.param("   ", id="only-spaces"),
             pytest.param("x" * 65, id="65-chars"),
             pytest.param("gu\u0435sts", id="cyrillic-e"),
+            pytest.param("\u212alients", id="kelvin-sign-lowers-to-ascii-k"),
+            pytest.param("GUEST\u0130", id="dotted-capital-i-lowers-to-i"),
         ],
     )
     def test_bad_entity_name(self, name: str) -> None:
