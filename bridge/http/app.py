@@ -35,7 +35,6 @@ from bridge.settings import Settings
 from bridge.sink import Sink
 
 SETTINGS = web.AppKey("settings", Settings)
-SINK = web.AppKey("sink", Sink)
 ADMISSION = web.AppKey("admission", Admission)
 SEQUENCER = web.AppKey("sequencer", Sequencer)
 OPENAPI = resources.files("bridge").joinpath("openapi.json")
@@ -58,7 +57,6 @@ def build_app(settings: Settings, sink: Sink) -> web.Application:
         middlewares=[build_edge(settings)],
     )
     app[SETTINGS] = settings
-    app[SINK] = sink
     app[ADMISSION] = Admission(settings.max_concurrent, budget=BODIES_IN_PROGRESS * settings.max_body)
     app[SEQUENCER] = Sequencer(sink)
     app.router.add_post("/webhooks/servio", receive_webhook)
