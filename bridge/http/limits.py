@@ -46,14 +46,20 @@ async def read_body(request: web.Request, *, max_body: int, read_timeout: float)
     return bytes(body)
 
 
+# Bodies up to this size count only against the number in progress (64 of 64 KiB at most by
+# default), never against the byte budget.
+SMALL = 64 * 1024
+
+
 class Admission:
     """Which webhooks may be parsed and made safe now, by count and by body bytes.
 
-    At most ``limit`` webhooks are parsed and made safe at once, and their bodies add up to at
-    most ``budget`` bytes (a body's messages are what fill memory: ~1 KB per ID at the peak, see
-    docs/spool.md); the next one waits up to ``wait`` seconds for a turn, then is refused with 503
-    so the client retries later. A small body is not held up by a large one waiting for room, and
-    a body larger than the budget alone still goes once nothing else is in progress.
+    At most ``limit`` webhooks are parsed and made safe at once, and the bodies over ``SMALL``
+    bytes among them add up to at most ``budget`` bytes (a body's messages are what fill memory:
+    ~1 KB per ID at the peak, see docs/spool.md); the next one waits up to ``wait`` seconds for a
+    turn, then is refused with 503 so the client retries later. Small bodies (Servio's are a few
+    hundred bytes) are bounded by the count alone, so large ones in progress or waiting never keep
+    them out; a body larger than the budget alone still goes once no other large one is in progress.
     """
 
     def __init__(self, limit: int, *, budget: int, wait: float = 1.0, retry_after: int = 1) -> None:
@@ -74,12 +80,15 @@ class Admission:
         return _Admitted(self, size)
 
     def _fits(self, size: int) -> bool:
-        return self._taken < self._limit and (self._bytes + size <= self._budget or self._taken == 0)
+        if self._taken >= self._limit:
+            return False
+        return size <= SMALL or self._bytes + size <= self._budget or self._bytes == 0
 
     async def _acquire(self, size: int) -> None:
-        # Each waiter keeps a slot in reserve: later webhooks, which wait for its ticket in the
-        # spool's order, cannot take every slot and leave it none.
-        if self._fits(size) and self._taken + len(self._queue) < self._limit:
+        # While anyone waits, one slot stays in reserve for the waiters: later webhooks, which
+        # wait for the waiter's ticket in the spool's order, cannot take every slot and leave it
+        # none.
+        if self._fits(size) and self._taken + (1 if self._queue else 0) < self._limit:
             # Taken without waiting: no future, no timer to arm and cancel per request.
             self._take(size)
             return
@@ -109,11 +118,13 @@ class Admission:
 
     def _take(self, size: int) -> None:
         self._taken += 1
-        self._bytes += size
+        if size > SMALL:
+            self._bytes += size
 
     def _release(self, size: int) -> None:
         self._taken -= 1
-        self._bytes -= size
+        if size > SMALL:
+            self._bytes -= size
         self._wake()
 
     def _wake(self) -> None:

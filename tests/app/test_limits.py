@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.core.message import RAW
+from bridge.core.outbound import RAW
 from bridge.errors import Unavailable
 from bridge.http.app import build_app
 from bridge.http.limits import Admission
@@ -210,21 +210,27 @@ class TestConcurrencyCap:
         assert (await client.post("/webhooks/servio", data=BODY)).status == 200
 
     async def test_large_bodies_in_progress_are_bounded_in_bytes(self, make_client: ClientFactory) -> None:
-        """Bodies in progress add up to at most BRIDGE_MAX_BODY bytes (their messages are what
-        fills memory): a second large body waits, then is refused 503, while small ones pass."""
+        """Large bodies in progress add up to at most BRIDGE_MAX_BODY bytes (their messages are
+        what fills memory): with one of exactly that size in progress, a second large body waits,
+        then is refused 503, while small ones are still let in at once."""
+        max_body = 200_000
         sink = RecordingSink(hold=True)
-        client, _ = await make_client(sink, max_body=10_000, max_concurrent=64)
-        large = ids_body(2000)
-        assert 5_000 < len(large) <= 10_000
+        client, _ = await make_client(sink, max_body=max_body, max_concurrent=64)
+        large = ids_body(20_000)
+        large = large[:-1] + b" " * (max_body - len(large)) + b"}"
+        assert len(large) == max_body
         held = asyncio.create_task(client.post("/webhooks/servio", data=large))
         await asyncio.sleep(0.2)
-        small = asyncio.create_task(client.post("/webhooks/servio", data=BODY))
-        refused = await client.post("/webhooks/servio", data=large)
+        waiting = asyncio.create_task(client.post("/webhooks/servio", data=large))
+        await asyncio.sleep(0.1)
+        small = [asyncio.create_task(client.post("/webhooks/servio", data=BODY)) for _ in range(5)]
+        refused = await waiting
         assert refused.status == 503
         assert (await refused.json())["error"] == "busy"
-        assert not small.done()  # it holds a turn: only the sink keeps it
+        await asyncio.sleep(1.2)  # past the admission's wait: one still waiting would have a 503
+        assert not any(task.done() for task in small)  # admitted: only the sink holds them
         sink.release.set()
-        assert [(await held).status, (await small).status] == [200, 200]
+        assert [(await task).status for task in (held, *small)] == [200] * 6
         assert (await client.post("/webhooks/servio", data=large)).status == 200
 
 
