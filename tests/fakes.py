@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bridge.core.message import Outbound
+from bridge.core.outbound import Outbound
 from bridge.core.refusals import Refusal
 from bridge.errors import BrokerError, BrokerUnavailable
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from bridge.amqp.seams import PublishObserver
 from bridge.amqp.wire import holds_back, outcome
-from bridge.core.message import Outbound
+from bridge.core.outbound import Outbound
 
 
 class Batch:

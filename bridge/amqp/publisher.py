@@ -20,7 +20,7 @@ from bridge.amqp.batch import Batch
 from bridge.amqp.connection import BrokerConnection
 from bridge.amqp.seams import Publisher, PublishObserver, SupervisedPublisher
 from bridge.amqp.wire import AMQP_ERRORS, Unsendable, Wire, describe, failure_class, translate
-from bridge.core.message import Outbound, invalid_queue
+from bridge.core.outbound import Outbound, invalid_queue
 from bridge.core.refusals import CLOSED, TOO_LARGE, Ledger, Refusal, RetryBudget, cut
 from bridge.core.topology import Topology, build_topology
 from bridge.errors import BrokerError, BrokerUnavailable, MessageNacked, MessageRefused, MessageReturned

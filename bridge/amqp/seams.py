@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from bridge.core.message import Outbound
+from bridge.core.outbound import Outbound
 from bridge.core.refusals import Refusal
 
 

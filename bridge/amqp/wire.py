@@ -23,7 +23,7 @@ from aiormq import spec
 from aiormq.abc import ChannelFrame, DeliveredMessage
 from pamqp.header import ContentHeader
 
-from bridge.core.message import Outbound
+from bridge.core.outbound import Outbound
 from bridge.core.refusals import CLOSED, INVALID_FIELD, NACKED, RETURNED, cut
 from bridge.errors import (
     BrokerError,

@@ -29,7 +29,8 @@ import structlog
 
 from bridge.amqp.frames import Answer, Ask, Frame, Retry, Start, State, receive, send, send_now
 from bridge.amqp.publisher import AmqpPublisher, build_publisher
-from bridge.core.message import Outbound, decode_record
+from bridge.core.outbound import Outbound
+from bridge.core.record import decode_record
 from bridge.core.refusals import Refusal
 from bridge.errors import BrokerError, SpoolCorrupt
 from bridge.metrics import confirm_key

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.amqp.broker import probe
-from bridge.core.message import invalid_queue
+from bridge.core.outbound import invalid_queue
 from bridge.core.topology import unrouted_name
 from bridge.settings import Settings, redact_url
 

@@ -188,7 +188,7 @@ def _send(settings: Settings, args: argparse.Namespace, env: Mapping[str, str]) 
 
 
 def _spool_stats(settings: Settings, args: argparse.Namespace) -> int:
-    from bridge.spool.inspection import read_spool_stats
+    from bridge.spool.reader import read_spool_stats
 
     if settings.spool_dir is None:
         _print([{"spool": None, "detail": "no spool (BRIDGE_SPOOL_DIR is empty)"}], args)
@@ -209,8 +209,8 @@ def _spool_stats(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _spool_quarantine(settings: Settings, args: argparse.Namespace) -> int:
-    from bridge.core.message import decode_record
-    from bridge.spool.inspection import read_quarantine
+    from bridge.core.record import decode_record
+    from bridge.spool.reader import read_quarantine
 
     name = f"servio-bridge spool quarantine {args.quarantine_command}"
     if settings.spool_dir is None:

@@ -17,11 +17,11 @@ from pathlib import Path
 import structlog
 
 from bridge.amqp.publisher import AmqpPublisher, build_publisher
-from bridge.core.message import decode_record
+from bridge.core.record import decode_record
 from bridge.errors import BrokerError, SpoolError
 from bridge.settings import Settings
-from bridge.spool.inspection import BUSY_TIMEOUT_MS, QuarantinedEntry, read_quarantine
-from bridge.spool.store import FILE_NAME
+from bridge.spool.reader import BUSY_TIMEOUT_MS, QuarantinedEntry, read_quarantine
+from bridge.spool.schema import FILE_NAME
 
 log = structlog.get_logger("bridge.cli.quarantine")
 

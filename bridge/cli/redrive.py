@@ -21,17 +21,9 @@ import orjson
 
 from bridge.amqp.broker import DeadLetter, DeadLetterQueue
 from bridge.amqp.publisher import build_publisher
-from bridge.core.message import (
-    DEFAULT_SOURCE,
-    JSON,
-    REJECTED_PARTS,
-    Delivery,
-    Outbound,
-    RejectedParts,
-    build_event,
-    build_rejections,
-    invalid_queue,
-)
+from bridge.core.deadletter import REJECTED_PARTS, RejectedParts, build_rejections
+from bridge.core.message import DEFAULT_SOURCE, build_event
+from bridge.core.outbound import JSON, Outbound, Webhook, invalid_queue
 from bridge.core.payload import Event, Payload, parse_payload, split_events
 from bridge.errors import InvalidBody
 from bridge.settings import Settings
@@ -55,7 +47,7 @@ def reparse(
         ValueError: the message is not a dead letter this bridge wrote.
     """
     try:
-        delivery = Delivery(
+        delivery = Webhook(
             headers["delivery_id"],
             headers.get("source", DEFAULT_SOURCE),
             datetime.fromisoformat(headers["received_at"]),
@@ -84,7 +76,7 @@ def _reparse_body(body: bytes) -> Payload | None:
 
 
 def _reparse_letter(
-    body: bytes, delivery: Delivery, *, exchange: str, template: str, letter_id: str
+    body: bytes, delivery: Webhook, *, exchange: str, template: str, letter_id: str
 ) -> list[Outbound]:
     """The events of the parts that parse now, and one letter of those still refused, under an id
     of its own; [] when no part gives an event."""

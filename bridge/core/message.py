@@ -10,48 +10,15 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from bridge.core.deadletter import REJECTED_PARTS, RejectedParts, build_invalid_body, build_rejections
+from bridge.core.deadletter import RejectedParts
 from bridge.core.outbound import (
-    APP_ID,
-    JSON,
-    PERSISTENT,
-    RAW,
     Outbound,
     Webhook,
     compact_json,
-    invalid_queue,
     received_at_text,
 )
 from bridge.core.payload import Event, Payload
-from bridge.core.record import decode_record, encode_record
 
-__all__ = [  # noqa: RUF022 - grouped: this module's own names, then those kept for importers
-    "CHUNK",
-    "DEFAULT_SOURCE",
-    "PLACEHOLDERS",
-    "Outbound",
-    "Webhook",
-    "build_event",
-    "build_messages",
-    "check_template",
-    "message_chunks",
-    "message_id",
-    "render_routing_key",
-    # Importers that still take these from here, though the dead letters, the webhook and the
-    # spool record have modules of their own.
-    "APP_ID",
-    "JSON",
-    "PERSISTENT",
-    "RAW",
-    "REJECTED_PARTS",
-    "Delivery",
-    "RejectedParts",
-    "build_invalid_body",
-    "build_rejections",
-    "decode_record",
-    "encode_record",
-    "invalid_queue",
-]
 PLACEHOLDERS = frozenset({"entity", "action", "source"})
 DEFAULT_SOURCE = "default"
 # Messages built or encoded between two turns of the event loop: a 10,000-ID webhook would
@@ -189,6 +156,3 @@ def build_event(
         entity=event.entity,
         action=event.action,
     )
-
-
-Delivery = Webhook

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from bridge.core.message import Outbound
+from bridge.core.outbound import Outbound
 
 BROKER_REFUSED = "broker_refused"
 LETTER_SUFFIX = ".refused"

@@ -15,15 +15,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from structlog.contextvars import bind_contextvars
 
-from bridge.core.message import (
-    CHUNK,
-    DEFAULT_SOURCE,
-    Delivery,
-    Outbound,
-    build_invalid_body,
-    build_messages,
-    message_chunks,
-)
+from bridge.core.deadletter import build_invalid_body
+from bridge.core.message import CHUNK, DEFAULT_SOURCE, build_messages, message_chunks
+from bridge.core.outbound import Outbound, Webhook
 from bridge.core.payload import Payload, parse_payload
 from bridge.errors import InvalidBody, RequestError, TooLarge, Unavailable
 from bridge.http.guard import GUARDED_PREFIX, build_guard
@@ -77,7 +71,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     bind_contextvars(delivery_id=delivery_id, source=source)
     raw = await read_body(request, max_body=settings.max_body, read_timeout=settings.read_timeout)
     # Arrival is when the body is complete; the ticket taken with it keeps the spool in that order.
-    delivery = Delivery(delivery_id, source, datetime.now(UTC))
+    delivery = Webhook(delivery_id, source, datetime.now(UTC))
     ticket = sequencer.take()
     try:
         async with request.app[ADMISSION].admit(len(raw)):
@@ -128,7 +122,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
 
 
 async def _build_in_chunks(
-    payload: Payload, delivery: Delivery, settings: Settings, raw: bytes
+    payload: Payload, delivery: Webhook, settings: Settings, raw: bytes
 ) -> list[Outbound]:
     """``build_messages`` for a large webhook, letting other requests run between two chunks."""
     messages: list[Outbound] = []

@@ -29,8 +29,8 @@ import structlog
 
 from bridge.errors import SpoolError, SpoolFull, Unavailable
 from bridge.spool.checkpoint import Checkpointer
-from bridge.spool.commit import SYNC_BUCKETS, GroupCommit, Row, SyncTimes
-from bridge.spool.reader import RETRY_DELAYS, Span, SpoolReader, SpoolStats
+from bridge.spool.commit import GroupCommit, Row, SyncTimes
+from bridge.spool.reader import RETRY_DELAYS, Span, SpoolStats
 from bridge.spool.reserve import DEFAULT_BYTES, Reserve, Room
 from bridge.spool.schema import (
     ENTRY_OVERHEAD,
@@ -43,15 +43,6 @@ from bridge.spool.schema import (
     lock_directory,
     open_writer,
 )
-
-__all__ = [  # noqa: RUF022 - grouped: the writer, then what importers still take from here
-    "Spool",
-    "FILE_NAME",
-    "SYNC_BUCKETS",
-    "Span",
-    "SpoolReader",
-    "SyncTimes",
-]
 
 log = structlog.get_logger("bridge.spool.store")
 

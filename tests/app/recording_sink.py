@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from bridge.core.message import Outbound
+from bridge.core.outbound import Outbound
 
 
 class RecordingSink:

@@ -11,12 +11,14 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.core.message import decode_record
+from bridge.core.record import decode_record
 from bridge.errors import SpoolError
 from bridge.http.app import build_app
 from bridge.settings import Settings
 from bridge.sink import SpoolSink
-from bridge.spool.store import FILE_NAME, Spool, SpoolReader
+from bridge.spool.reader import SpoolReader
+from bridge.spool.schema import FILE_NAME
+from bridge.spool.store import Spool
 
 Client = TestClient[Any, Any]
 

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bridge import sink as sink_module
-from bridge.core.message import Outbound
+from bridge.core.outbound import Outbound
 from bridge.http import app as app_module
 from bridge.http.app import build_app
 from bridge.http.ops import LoopMonitor, Runtime, install_operations
@@ -23,7 +23,8 @@ from bridge.metrics import MAX_FAILURE_CLASSES, Metrics
 from bridge.settings import Settings
 from bridge.sink import DirectSink, SpoolSink
 from bridge.spool import store as spool_module
-from bridge.spool.store import Spool, SpoolReader
+from bridge.spool.reader import SpoolReader
+from bridge.spool.store import Spool
 from tests.fakes import FakePublisher
 from tests.prom import sample
 

@@ -7,7 +7,7 @@ from types import ModuleType
 import pytest
 
 from bridge.metrics import Metrics, State
-from bridge.spool.store import SYNC_BUCKETS, SyncTimes
+from bridge.spool.commit import SYNC_BUCKETS, SyncTimes
 from tests.scripts import bench_module
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from bridge.core.message import APP_ID, PERSISTENT, invalid_queue
+from bridge.core.outbound import APP_ID, PERSISTENT, invalid_queue
 from bridge.core.topology import build_topology, known_binding_keys
 from tests.message_documents import DOCS, SCHEMA_FILES, errors, load_asyncapi, message_for_address
 

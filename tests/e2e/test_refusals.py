@@ -21,7 +21,8 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from bench.load import Load
-from bridge.core.message import Outbound, encode_record
+from bridge.core.outbound import Outbound
+from bridge.core.record import encode_record
 from bridge.spool.store import Spool
 from tests.conftest import AMQP_URL, Collected, collect
 from tests.e2e.process import BridgeProcess

@@ -12,7 +12,8 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from bridge.amqp.publisher import AmqpPublisher
-from bridge.core.message import Delivery, build_event
+from bridge.core.message import build_event
+from bridge.core.outbound import Webhook
 from bridge.core.payload import Event
 from bridge.core.topology import KNOWN_KEYS, build_topology
 from tests.integration.imported_definitions import ImportedBroker, imported_definitions
@@ -31,8 +32,8 @@ async def channel(broker: ImportedBroker) -> AsyncIterator[AbstractChannel]:
     await connection.close()
 
 
-def delivery() -> Delivery:
-    return Delivery("d" * 32, "Jam_8", datetime(2026, 11, 28, 10, 15, 2, 123456, tzinfo=UTC))
+def delivery() -> Webhook:
+    return Webhook("d" * 32, "Jam_8", datetime(2026, 11, 28, 10, 15, 2, 123456, tzinfo=UTC))
 
 
 async def wait_for_count(channel: AbstractChannel, queue: str, count: int, timeout: float = 5.0) -> int:

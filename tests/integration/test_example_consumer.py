@@ -16,7 +16,8 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from bridge.amqp.publisher import AmqpPublisher
-from bridge.core.message import Delivery, Outbound, build_event
+from bridge.core.message import build_event
+from bridge.core.outbound import Outbound, Webhook
 from bridge.core.payload import Event
 from bridge.core.topology import build_topology
 from tests.integration.imported_definitions import ImportedBroker, imported_definitions
@@ -49,7 +50,7 @@ async def channel(broker: ImportedBroker) -> AsyncIterator[AbstractChannel]:
 
 def guest_deleted(guest_id: int, delivery_id: str = "a" * 32) -> Outbound:
     """A message exactly as the bridge builds it."""
-    delivery = Delivery(delivery_id, "Jam_8", datetime(2026, 11, 28, 10, 15, 2, 123456, tzinfo=UTC))
+    delivery = Webhook(delivery_id, "Jam_8", datetime(2026, 11, 28, 10, 15, 2, 123456, tzinfo=UTC))
     return build_event(
         Event("delete", "guests", guest_id), delivery, exchange="servio", template="servio.{entity}.{action}"
     )

@@ -9,7 +9,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from bridge.amqp.publisher import AmqpPublisher, RetryBudget
-from bridge.core.message import Outbound
+from bridge.core.outbound import Outbound
 from bridge.core.topology import build_topology
 from bridge.errors import BrokerError
 from tests.conftest import AMQP_URL, bind_all

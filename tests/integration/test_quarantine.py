@@ -19,7 +19,8 @@ from bridge.core.message import build_event
 from bridge.core.outbound import Webhook
 from bridge.core.payload import Event
 from bridge.core.record import encode_record
-from bridge.spool.store import Spool, SpoolReader
+from bridge.spool.reader import SpoolReader
+from bridge.spool.store import Spool
 from tests.conftest import bind_all
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from typing import Any
 from aio_pika.abc import AbstractChannel
 
 from bridge.amqp.publisher import AmqpPublisher, RetryBudget
-from bridge.core.message import Outbound
+from bridge.core.outbound import Outbound
 from tests.conftest import collect
 from tests.integration.test_publisher import outbound, publisher_on
 

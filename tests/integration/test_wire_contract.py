@@ -20,7 +20,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from bridge.amqp.wire import REFUSING_CLOSES, Returned, Unsendable, Wire, connection_blocked, outcome
-from bridge.core.message import Outbound
+from bridge.core.outbound import Outbound
 from tests.conftest import AMQP_URL, bind_all
 
 

@@ -12,11 +12,13 @@ import atheris
 with atheris.instrument_imports():
     from datetime import UTC, datetime
 
-    from bridge.core.message import Delivery, build_invalid_body, build_messages
+    from bridge.core.deadletter import build_invalid_body
+    from bridge.core.message import build_messages
+    from bridge.core.outbound import Webhook
     from bridge.core.payload import parse_payload
     from bridge.errors import InvalidBody, TooLarge
 
-DELIVERY = Delivery("fuzz", "fuzz", datetime(2026, 1, 1, tzinfo=UTC))
+DELIVERY = Webhook("fuzz", "fuzz", datetime(2026, 1, 1, tzinfo=UTC))
 
 
 def one_input(data: bytes) -> None:

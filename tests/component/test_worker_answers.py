@@ -9,7 +9,8 @@ from typing import Any
 
 from bridge.amqp.frames import Answer, Ask, receive
 from bridge.amqp.worker import _publish, _Reading, _Tally
-from bridge.core.message import Outbound, encode_record
+from bridge.core.outbound import Outbound
+from bridge.core.record import encode_record
 from bridge.errors import BrokerUnavailable
 from bridge.spool.reader import Span
 from bridge.spool.store import Spool
