@@ -110,6 +110,21 @@ class SpoolReader:
         self._conn.close()
 
 
+def count_quarantined(conn: sqlite3.Connection) -> int:
+    """Entries in the quarantine table; 0 while another connection holds it busy (a scrape can
+    do without it this once)."""
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+def oldest_created(conn: sqlite3.Connection) -> float | None:
+    """When the oldest entry of the spool was appended (epoch seconds), or None when it is empty."""
+    row = conn.execute("SELECT created FROM spool ORDER BY seq LIMIT 1").fetchone()
+    return None if row is None else float(row[0])
+
+
 @dataclass(frozen=True, slots=True)
 class QuarantinedEntry:
     """A spool entry that even ``<exchange>.invalid`` refused, kept with why and when."""

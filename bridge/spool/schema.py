@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -48,6 +49,33 @@ def is_full(exc: sqlite3.Error) -> bool:
 def is_busy(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def run_transaction(
+    conn: sqlite3.Connection, statements: Sequence[tuple[str, Sequence[tuple[object, ...]]]]
+) -> list[int]:
+    """Run ``statements`` in one immediate transaction; the rows each changed.
+
+    Raises:
+        DiskFull: no room for it; rolled back whole.
+        Busy: another connection holds the lock; rolled back, try again.
+        sqlite3.Error: any other failure, rolled back.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        counts = [conn.executemany(sql, rows).rowcount for sql, rows in statements]
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        # SQLite rolls a transaction that found no room back whole (WAL frames without a commit
+        # frame never count), so the file is as it was before it.
+        if is_full(exc):
+            raise DiskFull(str(exc)) from None
+        if is_busy(exc):
+            raise Busy(str(exc)) from None
+        raise
+    return counts
 
 
 def lock_directory(directory: Path) -> IO[bytes]:

@@ -30,7 +30,7 @@ import structlog
 from bridge.errors import SpoolError, SpoolFull, Unavailable
 from bridge.spool.checkpoint import Checkpointer
 from bridge.spool.commit import GroupCommit, Row, SyncTimes
-from bridge.spool.reader import RETRY_DELAYS, Span, SpoolStats
+from bridge.spool.reader import RETRY_DELAYS, Span, SpoolStats, count_quarantined, oldest_created
 from bridge.spool.reserve import DEFAULT_BYTES, Reserve, Room
 from bridge.spool.schema import (
     ENTRY_OVERHEAD,
@@ -38,10 +38,10 @@ from bridge.spool.schema import (
     Busy,
     DiskFull,
     connect,
-    is_busy,
     is_full,
     lock_directory,
     open_writer,
+    run_transaction,
 )
 
 log = structlog.get_logger("bridge.spool.store")
@@ -281,18 +281,8 @@ class Spool:
         if self._writer is None:
             raise SpoolError("spool is closed")
         try:
-            self._writer.execute("BEGIN IMMEDIATE")
-            counts = [self._writer.executemany(sql, rows).rowcount for sql, rows in statements]
-            self._writer.execute("COMMIT")
+            counts = run_transaction(self._writer, statements)
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self._writer.execute("ROLLBACK")
-            # SQLite rolls a transaction that found no room back whole (WAL frames without a
-            # commit frame never count), so the file is as it was before it.
-            if is_full(exc):
-                raise DiskFull(str(exc)) from None
-            if is_busy(exc):
-                raise Busy(str(exc)) from None
             # Any other failed write leaves the file in a state we cannot vouch for (the lesson
             # of PostgreSQL's fsync bug): refuse everything from now on.
             raise self._fail(SpoolError(f"spool write failed: {exc}")) from None
@@ -327,18 +317,12 @@ class Spool:
 
     def _quarantined_count(self) -> int:
         # Read, not counted: ``spool quarantine redrive`` removes entries from another process.
-        if self._reader is None:
-            return 0
-        try:
-            return int(self._reader.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
-        except sqlite3.OperationalError:  # busy: a scrape can do with none this time
-            return 0
+        return 0 if self._reader is None else count_quarantined(self._reader)
 
     def _oldest(self) -> float | None:
         if self._reader is None or self._entries == 0:
             return None
-        row = self._reader.execute("SELECT created FROM spool ORDER BY seq LIMIT 1").fetchone()
-        return None if row is None else float(row[0])
+        return oldest_created(self._reader)
 
     # -- called by the checkpointer thread, on the loop's thread ------------------------------
 
