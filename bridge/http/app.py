@@ -13,7 +13,6 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from structlog.contextvars import bind_contextvars
 
 from bridge.core.deadletter import build_invalid_body
 from bridge.core.message import CHUNK, DEFAULT_SOURCE, build_messages, message_chunks
@@ -24,7 +23,7 @@ from bridge.http.guard import GUARDED_PREFIX, build_guard
 from bridge.http.limits import Admission, read_body
 from bridge.http.ops import RETRY_AFTER, RUNTIME, WEBHOOK_PREFIX, Runtime, liveness_answer
 from bridge.http.sequencer import Sequencer
-from bridge.logs import end_request, request_line, start_request
+from bridge.logs import bind, end_request, request_line, start_request
 from bridge.settings import Settings
 from bridge.sink import Sink
 
@@ -68,7 +67,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     # 128 random bits from the process's own generator (seeded from the OS): unique, and without
     # the system call per request that os.urandom or uuid4 makes.
     delivery_id = f"{random.getrandbits(128):032x}"
-    bind_contextvars(delivery_id=delivery_id, source=source)
+    bind(delivery_id=delivery_id, source=source)
     raw = await read_body(request, max_body=settings.max_body, read_timeout=settings.read_timeout)
     # Arrival is when the body is complete; the ticket taken with it keeps the spool in that order.
     delivery = Webhook(delivery_id, source, datetime.now(UTC))
@@ -90,7 +89,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
                     raw, delivery, exchange=settings.exchange, reason=exc.code, detail=exc.detail
                 )
                 await sequencer.accept(ticket, [letter])
-                bind_contextvars(rejected=1, messages=0)
+                bind(rejected=1, messages=0)
                 return _json(
                     {
                         "status": "rejected",
@@ -110,7 +109,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
                 await sequencer.accept(ticket, messages)
     finally:
         sequencer.release(ticket)
-    bind_contextvars(messages=len(payload.events), rejected=len(payload.rejections))
+    bind(messages=len(payload.events), rejected=len(payload.rejections))
     return _json(
         {
             "status": "accepted",
@@ -164,7 +163,7 @@ def build_edge(settings: Settings) -> Middleware:
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         # Keep-alive requests share a task and so its context: each one starts clean.
-        start_request()
+        context = start_request()
         ops = request.app.get(RUNTIME)
         path = request.path
         status = 500
@@ -202,7 +201,7 @@ def build_edge(settings: Settings) -> Middleware:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                 },
             )
-            end_request()
+            end_request(context)
 
     return edge
 

@@ -13,9 +13,9 @@ import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 
 from aiohttp import hdrs, web
-from structlog.contextvars import bind_contextvars
 
 from bridge.errors import Forbidden, Unauthorized
+from bridge.logs import bind
 from bridge.settings import Network, Settings
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -37,17 +37,17 @@ def build_guard(settings: Settings) -> Callable[[web.Request], None]:
                 _peer(request), request.headers.getall(hdrs.X_FORWARDED_FOR, []), settings.trusted_proxies
             )
             if client is None or not _within(client, settings.allow_from):
-                bind_contextvars(client=str(client), refused="address")
+                bind(client=str(client), refused="address")
                 raise Forbidden("address_not_allowed", "this address may not post webhooks")
         if token_digest is not None:
             presented = presented_tokens(
                 request.query.getall("token", []), request.headers.getall(hdrs.AUTHORIZATION, [])
             )
             if not presented:
-                bind_contextvars(refused="token_missing")
+                bind(refused="token_missing")
                 raise Unauthorized("token_missing", "a token is required (?token= or Bearer)")
             if not token_matches(presented, token_digest):
-                bind_contextvars(refused="token_wrong")
+                bind(refused="token_wrong")
                 raise Unauthorized("token_wrong", "the token is wrong")
 
     return guard
