@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +17,20 @@ def processes() -> Iterator[list[BridgeProcess]]:
     yield started
     for proc in started:
         proc.stop()
+
+
+Launch = Callable[[dict[str, str]], Awaitable[BridgeProcess]]
+
+
+@pytest.fixture
+def launch(tmp_path: Path, processes: list[BridgeProcess]) -> Launch:
+    """Start ``servio-bridge serve`` in tmp_path with these BRIDGE_ settings; return once it
+    listens. Killed at the end of the test if still running."""
+
+    async def start(settings: dict[str, str]) -> BridgeProcess:
+        bridge = BridgeProcess(settings, cwd=tmp_path)
+        processes.append(bridge)
+        await bridge.event("listening")
+        return bridge
+
+    return start

@@ -27,6 +27,7 @@ from bench.proxy import TcpProxy, free_port
 from tests.broker import BrokerNode
 from tests.conftest import Collected, bind_all
 from tests.disk import fill_the_disk, mounted_tmpfs
+from tests.e2e.conftest import Launch
 from tests.e2e.process import BridgeProcess
 from tests.e2e.reconciliation import delivered_ids, reconcile
 
@@ -44,9 +45,8 @@ async def proxy() -> AsyncIterator[TcpProxy]:
 
 
 @pytest.fixture
-def start_bridge(tmp_path: Path, exchange_name: str, proxy: TcpProxy) -> Iterator[Starter]:
+def start_bridge(launch: Launch, tmp_path: Path, exchange_name: str, proxy: TcpProxy) -> Starter:
     """Start ``servio-bridge serve`` on a spool in tmp_path, publishing through the proxy."""
-    started: list[BridgeProcess] = []
 
     async def start(**env: str) -> BridgeProcess:
         settings = {
@@ -55,16 +55,10 @@ def start_bridge(tmp_path: Path, exchange_name: str, proxy: TcpProxy) -> Iterato
             "BRIDGE_SPOOL_DIR": str(tmp_path / "spool"),
             "BRIDGE_DECLARE_QUEUES": "false",
             "BRIDGE_SHUTDOWN_TIMEOUT": "2",
-            **env,
         }
-        bridge = BridgeProcess(settings, cwd=tmp_path)
-        started.append(bridge)
-        await bridge.event("listening")
-        return bridge
+        return await launch({**settings, **env})
 
-    yield start
-    for bridge in started:
-        bridge.stop()
+    return start
 
 
 async def wait_delivered(everything: Collected, accepted: set[int], timeout: float = 60.0) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from bridge.core.outbound import Outbound
 from bridge.core.record import encode_record
 from bridge.spool.store import Spool
 from tests.conftest import AMQP_URL, Collected, collect
+from tests.e2e.conftest import Launch
 from tests.e2e.process import BridgeProcess
 from tests.e2e.reconciliation import delivered_ids
 
@@ -39,10 +40,9 @@ def spool_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def start_bridge(tmp_path: Path, exchange_name: str, spool_dir: Path) -> Iterator[Starter]:
+def start_bridge(launch: Launch, exchange_name: str, spool_dir: Path) -> Starter:
     """Start ``servio-bridge serve`` on the shared broker, declaring no event queues: every event
     goes through the alternate exchange to ``<exchange>.unrouted``."""
-    started: list[BridgeProcess] = []
 
     async def start(**env: str) -> BridgeProcess:
         settings = {
@@ -52,16 +52,10 @@ def start_bridge(tmp_path: Path, exchange_name: str, spool_dir: Path) -> Iterato
             "BRIDGE_DECLARE_QUEUES": "false",
             "BRIDGE_ARCHIVE_MAX_AGE": "",
             "BRIDGE_SHUTDOWN_TIMEOUT": "2",
-            **env,
         }
-        bridge = BridgeProcess(settings, cwd=tmp_path)
-        started.append(bridge)
-        await bridge.event("listening")
-        return bridge
+        return await launch({**settings, **env})
 
-    yield start
-    for bridge in started:
-        bridge.stop()
+    return start
 
 
 async def spool_holding(directory: Path, messages: list[Outbound]) -> None:
