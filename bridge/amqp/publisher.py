@@ -21,7 +21,7 @@ from bridge.amqp.connection import BrokerConnection
 from bridge.amqp.seams import Publisher, PublishObserver, SupervisedPublisher
 from bridge.amqp.wire import AMQP_ERRORS, Unsendable, Wire, describe, failure_class, translate
 from bridge.core.outbound import Outbound, invalid_queue
-from bridge.core.refusals import CLOSED, TOO_LARGE, Ledger, Refusal, RetryBudget, cut
+from bridge.core.refusals import CLOSED, Ledger, Refusal, RetryBudget, cut
 from bridge.core.topology import Topology, build_topology
 from bridge.errors import BrokerError, BrokerUnavailable, MessageNacked, MessageRefused, MessageReturned
 from bridge.settings import Settings
@@ -202,7 +202,7 @@ class AmqpPublisher:
         solo_until = max((pos for pos, (i, _) in enumerate(entries) if i in ledger.suspects), default=-1)
         batch = Batch(entries, self._observer, solo_until)
         try:
-            await self._send_all(wire, batch, timeout, window, wire.frame_max)
+            await self._send_all(wire, batch, timeout, window, self._frame_limit(wire))
         except AMQP_ERRORS as exc:
             batch.fail(exc)
         self._settle(ledger, batch)
@@ -268,7 +268,7 @@ class AmqpPublisher:
                 if message.order_key in batch.keys:
                     break  # an earlier message of this (entity, ID) is not confirmed yet
                 try:
-                    frames = self._frames(wire, message, frame_max)
+                    frames = wire.frames(message, frame_max)
                 except Unsendable as exc:
                     batch.unsendable.append((next_index, exc.reason, exc.error))
                     next_index += 1
@@ -288,24 +288,7 @@ class AmqpPublisher:
         """The future ``message``'s confirm resolves (a seam tests count through)."""
         return wire.register(message.message_id)
 
-    def _frames(self, wire: Wire, message: Outbound, frame_max: int) -> bytes:
-        """The message's frames, marshalled.
-
-        Raises:
-            Unsendable: the broker could not take it as it is (``_check``).
-        """
-        method, header, bodies = wire.encode(message)
-        self._check(message, frame_max, header)
-        return b"".join((method, header, *bodies))
-
-    def _check(self, message: Outbound, frame_max: int, header: bytes) -> None:
-        """Refuse a content header frame larger than the negotiated frame_max: it cannot be split,
-        and RabbitMQ answers it by closing the whole connection (FRAME_ERROR, frame_too_large).
-
-        Raises:
-            Unsendable: it would not fit.
-        """
-        if frame_max and len(header) > frame_max:
-            raise Unsendable(
-                TOO_LARGE, f"content header frame of {len(header)} bytes exceeds frame_max {frame_max}"
-            )
+    def _frame_limit(self, wire: Wire) -> int:
+        """The largest content header frame to send: the connection's negotiated frame_max (a
+        seam tests open to have the broker itself refuse a header)."""
+        return wire.frame_max

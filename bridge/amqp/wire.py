@@ -24,7 +24,7 @@ from aiormq.abc import ChannelFrame, DeliveredMessage
 from pamqp.header import ContentHeader
 
 from bridge.core.outbound import Outbound
-from bridge.core.refusals import CLOSED, INVALID_FIELD, NACKED, RETURNED, cut
+from bridge.core.refusals import CLOSED, INVALID_FIELD, NACKED, RETURNED, TOO_LARGE, cut
 from bridge.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -139,6 +139,22 @@ class Wire:
             raise Unsendable(INVALID_FIELD, f"cannot be encoded: {exc}") from None
         bodies = (pamqp.frame.marshal(body, number) for body in self._channel._split_body(message.body))
         return method, header, bodies
+
+    def frames(self, message: Outbound, frame_max: int) -> bytes:
+        """The message's frames as one write, its content header frame at most ``frame_max`` bytes
+        (0: no limit).
+
+        Raises:
+            Unsendable: a field AMQP cannot carry (``encode``), or a header frame over
+                ``frame_max``: it cannot be split, and RabbitMQ answers it by closing the whole
+                connection (FRAME_ERROR, frame_too_large).
+        """
+        method, header, bodies = self.encode(message)
+        if frame_max and len(header) > frame_max:
+            raise Unsendable(
+                TOO_LARGE, f"content header frame of {len(header)} bytes exceeds frame_max {frame_max}"
+            )
+        return b"".join((method, header, *bodies))
 
     async def write(self, frames: bytes) -> None:
         """Queue marshalled frames as one write; aiormq's write queue holds 10, so a connection

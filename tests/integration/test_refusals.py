@@ -10,6 +10,7 @@ from typing import Any
 from aio_pika.abc import AbstractChannel
 
 from bridge.amqp.publisher import AmqpPublisher, RetryBudget
+from bridge.amqp.wire import Wire
 from bridge.core.outbound import Outbound
 from tests.conftest import collect
 from tests.integration.test_publisher import outbound, publisher_on
@@ -61,8 +62,8 @@ async def published(
 class HeaderCheckOff(AmqpPublisher):
     """A publisher that sends even what its own check would refuse, so the broker refuses it."""
 
-    def _check(self, message: Outbound, frame_max: int, header: bytes) -> None:
-        return None
+    def _frame_limit(self, wire: Wire) -> int:
+        return 0
 
 
 class TestRefusedBeforeSending:
