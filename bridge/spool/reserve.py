@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
 import structlog
 
 from bridge.errors import SpoolFull
+from bridge.spool.schema import is_full
 
 log = structlog.get_logger("bridge.spool.reserve")
 
@@ -113,6 +115,20 @@ class Room:
         # Until the reserve is back, appends wait and checkpoints run only where they can finish.
         self.refused(entries)
         return True
+
+    def compact(self, writer: sqlite3.Connection) -> None:
+        """Rewrite an emptied spool small (VACUUM), giving up the reserve if that is what it takes:
+        on a full disk its freed pages would otherwise keep every checkpoint from completing."""
+        for attempt in range(2):
+            try:
+                writer.execute("VACUUM")
+            except sqlite3.Error as exc:
+                if attempt == 0 and is_full(exc) and self.give_up_reserve(0):
+                    continue
+                log.warning("spool_compact_failed", error=str(exc))
+                return
+            log.info("spool_compacted", path=str(self._path))
+            return
 
 
 def free_bytes(directory: Path) -> int:

@@ -38,7 +38,6 @@ from bridge.spool.schema import (
     Busy,
     DiskFull,
     connect,
-    is_full,
     lock_directory,
     open_writer,
     run_transaction,
@@ -331,18 +330,7 @@ class Spool:
         would otherwise keep every checkpoint from completing."""
         if self._entries != 0 or self._writer is None or self._failed is not None or self._paused:
             return
-        try:
-            self._writer.execute("VACUUM")
-        except sqlite3.Error as exc:
-            if not (is_full(exc) and self._room.give_up_reserve(self._entries)):
-                log.warning("spool_compact_failed", error=str(exc))
-                return
-            try:
-                self._writer.execute("VACUUM")
-            except sqlite3.Error as again:
-                log.warning("spool_compact_failed", error=str(again))
-                return
-        log.info("spool_compacted", path=str(self.path))
+        self._room.compact(self._writer)
 
     def hold_writes(self) -> None:
         """Write no transaction until ``release_writes``: the checkpointer copies the whole WAL."""
